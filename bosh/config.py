@@ -1,0 +1,149 @@
+"""Typed, frozen settings and a strict TOML loader.
+
+Every key has a type, a default and (for numbers) a range. Unknown sections or keys, wrong
+types and out-of-range values raise :class:`ConfigError` naming the file, the key and what
+is allowed. ``conf/bosh-cm.toml`` documents every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bosh.errors import ConfigError
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _meta(help: str, lo: float | None = None, hi: float | None = None,
+          choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return {"help": help, "lo": lo, "hi": hi, "choices": choices}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = field(default="127.0.0.1", metadata=_meta("listen address"))
+    port: int = field(default=5280, metadata=_meta("listen port", 1, 65535))
+    path: str = field(default="/http-bind", metadata=_meta("BOSH endpoint path, starts with '/'"))
+    cors_origins: tuple[str, ...] = field(
+        default=("*",), metadata=_meta("allowed origins for CORS; [\"*\"] allows any"))
+    max_body_bytes: int = field(
+        default=1_048_576, metadata=_meta("largest request body accepted, bytes", 1024, 67_108_864))
+
+
+@dataclass(frozen=True, slots=True)
+class BoshConfig:
+    max_wait: int = field(default=60, metadata=_meta("seconds; upper bound for a client's 'wait'", 1, 3600))
+    max_inactivity: int = field(
+        default=60, metadata=_meta("seconds without a request before a session ends", 1, 3600))
+    max_hold: int = field(default=1, metadata=_meta("upper bound for a client's 'hold'", 0, 16))
+    polling: int = field(default=2, metadata=_meta("seconds, advertised shortest polling interval", 0, 3600))
+    max_sessions: int = field(default=10_000, metadata=_meta("sessions open at once", 1, 1_000_000))
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    domains: tuple[str, ...] = field(
+        default=("localhost",), metadata=_meta("the 'to' domains served; others get host-unknown"))
+    host: str = field(
+        default="", metadata=_meta("fixed upstream server; empty = SRV _xmpp-client._tcp of 'to'"))
+    port: int = field(default=5222, metadata=_meta("upstream port for a fixed host", 1, 65535))
+    tls: str = field(default="required", metadata=_meta("upstream STARTTLS", choices=("required", "none")))
+    ca_file: str = field(default="", metadata=_meta("extra trust anchor (PEM); empty = system store"))
+    connect_timeout: float = field(
+        default=10.0, metadata=_meta("seconds to connect and open the stream", 0.1, 300))
+    keepalive: float = field(
+        default=60.0, metadata=_meta("seconds between whitespace keepalives upstream; 0 = off", 0, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = field(default="INFO", metadata=_meta("log level", choices=_LOG_LEVELS))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http: HttpConfig = HttpConfig()
+    bosh: BoshConfig = BoshConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    log: LogConfig = LogConfig()
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}.get(tp, "a list of strings")
+
+
+def _convert(where: str, tp: Any, meta: Mapping[str, Any], value: Any) -> Any:
+    if tp is bool or (isinstance(value, bool) and tp is not bool):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is int:
+        if not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    elif tp is float:
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+    else:  # tuple[str, ...]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a list of non-empty strings, got {value!r}")
+        value = tuple(value)
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value!r} is out of range; allowed: {lo} to {hi}")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
+    return value
+
+
+def from_mapping(data: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Build a :class:`Config` from parsed TOML, strictly."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    built: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]; allowed: "
+                              + ", ".join(f"[{s}]" for s in sections))
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        cls = sections[name].default.__class__
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in table.items():
+            where = f"{source}: [{name}] {key}"
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown key [{name}] {key}; allowed: " + ", ".join(fields))
+            kwargs[key] = _convert(where, hints[key], fields[key].metadata, value)
+        built[name] = cls(**kwargs)
+    cfg = Config(**built)
+    _check_consistency(cfg, source)
+    return cfg
+
+
+def _check_consistency(cfg: Config, source: str) -> None:
+    if not cfg.http.path.startswith("/"):
+        raise ConfigError(f"{source}: [http] path: {cfg.http.path!r} must start with '/'")
+    if not cfg.upstream.domains:
+        raise ConfigError(f"{source}: [upstream] domains: must list at least one domain")
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return from_mapping(data, str(p))

@@ -1,0 +1,55 @@
+"""BOSH terminal conditions (XEP-0124 §17.2) and the exception that carries one.
+
+Errors are raised with a :class:`Condition` and translated into a terminate body exactly
+once, at the boundary (``bosh.wire.render_terminate``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Condition(enum.Enum):
+    """The terminal binding conditions of XEP-0124 §17.2, with their exact strings."""
+
+    BAD_REQUEST = "bad-request"
+    HOST_GONE = "host-gone"
+    HOST_UNKNOWN = "host-unknown"
+    IMPROPER_ADDRESSING = "improper-addressing"
+    INTERNAL_SERVER_ERROR = "internal-server-error"
+    ITEM_NOT_FOUND = "item-not-found"
+    OTHER_REQUEST = "other-request"
+    POLICY_VIOLATION = "policy-violation"
+    REMOTE_CONNECTION_FAILED = "remote-connection-failed"
+    REMOTE_STREAM_ERROR = "remote-stream-error"
+    SEE_OTHER_URI = "see-other-uri"
+    SYSTEM_SHUTDOWN = "system-shutdown"
+    UNDEFINED_CONDITION = "undefined-condition"
+
+    @property
+    def legacy_http_status(self) -> int:
+        """HTTP status for a client that sent no 'ver' (XEP-0124 §17.1, deprecated codes).
+
+        Only the three starred conditions of §17.2 have a legacy code; all others are 200.
+        """
+        return _LEGACY_STATUS.get(self, 200)
+
+
+_LEGACY_STATUS = {
+    Condition.BAD_REQUEST: 400,
+    Condition.POLICY_VIOLATION: 403,
+    Condition.ITEM_NOT_FOUND: 404,
+}
+
+
+class BoshError(Exception):
+    """A failure that ends (or prevents) a session with a terminal condition."""
+
+    def __init__(self, condition: Condition, detail: str = "") -> None:
+        super().__init__(f"{condition.value}: {detail}" if detail else condition.value)
+        self.condition = condition
+        self.detail = detail
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message names the file, the key and what is allowed."""

@@ -1,0 +1,102 @@
+"""Interfaces between the BOSH side and the upstream (XMPP) side.
+
+``bosh`` owns these types; ``xmpp_bridge`` implements them. Nothing here does I/O.
+
+Payloads cross the boundary already serialized:
+
+* client -> server: :class:`ClientElement` -- one top-level child of a client's ``<body/>``,
+  namespace-correct (stanzas that arrived without an xmlns are already remapped to
+  ``jabber:client``, XEP-0206 §2 note), serialized with its own namespace declarations so it
+  can be written onto the upstream stream as is.
+* server -> client: ``bytes`` -- one top-level element of the upstream stream, serialized
+  with an explicit ``xmlns`` on the top element (``jabber:client`` for stanzas) and the
+  ``stream:`` prefix (without its declaration) for elements in the streams namespace.
+  The ``<body/>`` that carries them declares ``xmlns:stream`` (XEP-0206 §2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from bosh.errors import Condition
+
+NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
+NS_XBOSH = "urn:xmpp:xbosh"
+NS_STREAM = "http://etherx.jabber.org/streams"
+NS_CLIENT = "jabber:client"
+NS_XML = "http://www.w3.org/XML/1998/namespace"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientElement:
+    """One payload element sent by the client, ready to go upstream."""
+
+    namespace: str
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamParams:
+    """What the upstream stream header is built from (XEP-0206 §3, §5)."""
+
+    to: str
+    lang: str | None = None
+    from_: str | None = None
+    version: str = "1.0"
+    route: tuple[str, int] | None = None  # (host, port) from an allow-listed 'route'
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What the server's (post-TLS) stream header told us (XEP-0206 §4)."""
+
+    from_: str | None
+    id: str | None
+    version: str | None
+
+
+class UpstreamListener(Protocol):
+    """Callbacks from an upstream stream into the session that owns it.
+
+    Calls happen on the event loop thread, never re-entrantly from inside an
+    ``Upstream`` method.
+    """
+
+    def upstream_ready(self, info: StreamInfo, features: bytes) -> None:
+        """The stream is open (after STARTTLS when that is used) and its features arrived."""
+
+    def upstream_elements(self, elements: Sequence[bytes]) -> None:
+        """Top-level elements received, in order (after a restart: the new features too)."""
+
+    def upstream_closed(self, condition: Condition, stream_error: bytes | None) -> None:
+        """The stream ended. ``stream_error`` is the serialized ``<stream:error/>`` if any.
+
+        Called at most once. ``condition`` is REMOTE_STREAM_ERROR with a stream error,
+        otherwise REMOTE_CONNECTION_FAILED (connection failed, lost, TLS failure,
+        or the server closed its stream).
+        """
+
+
+class Upstream(Protocol):
+    """One XMPP stream to the server, owned by one BOSH session."""
+
+    def send(self, elements: Sequence[ClientElement]) -> None:
+        """Write client elements upstream (filtered: see xmpp_bridge.xml)."""
+
+    def restart(self, params: StreamParams) -> None:
+        """XEP-0206 §5: reset the parser and send a fresh stream header on the same TCP stream."""
+
+    def close(self) -> None:
+        """Send ``</stream:stream>`` (if open) and close the connection. Idempotent.
+
+        Does not call ``upstream_closed``.
+        """
+
+
+class UpstreamFactory(Protocol):
+    """Opens upstream streams. ``open`` returns at once; progress arrives via the listener."""
+
+    def open(self, params: StreamParams, listener: UpstreamListener) -> Upstream:
+        ...
