@@ -1,0 +1,217 @@
+"""The BOSH wire format: a hardened ``<body/>`` parser and the body renderers.
+
+This is the project's only lxml user. Requests are parsed with a parser that never loads a
+DTD, never resolves entities and never touches the network (XEP-0124 §6, §19; checklist #13);
+a DOCTYPE, a comment or a processing instruction anywhere is a bad-request.
+
+Responses are built as bytes directly: payloads already arrive serialized (see
+``bosh.ports``), so a response is a start tag, the payload bytes and an end tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from lxml import etree
+
+from bosh.errors import BoshError, Condition
+from bosh.ports import NS_CLIENT, NS_HTTPBIND, NS_STREAM, NS_XBOSH, NS_XML, ClientElement
+
+# XEP-0124 §14.1: rids go up to 2^53 - 1; anything larger is not a valid rid.
+MAX_RID = 2**53 - 1
+
+_ATTR_PREFIXES = {NS_XBOSH: "xmpp:", NS_XML: "xml:"}
+_MAX_DEPTH = 64
+_MAX_ATTRIBUTES = 64
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_comments=False,
+    remove_pis=False,
+    collect_ids=False,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A parsed request ``<body/>``.
+
+    ``attrs`` uses plain names for unqualified attributes and the conventional prefixes for
+    the two namespaced families a client sends: ``xmpp:version``, ``xmpp:restart``,
+    ``xml:lang``. Other namespaced attributes keep Clark notation (``{ns}name``).
+    """
+
+    attrs: Mapping[str, str]
+    payload: tuple[ClientElement, ...]
+
+    def get(self, name: str) -> str | None:
+        return self.attrs.get(name)
+
+    @property
+    def sid(self) -> str | None:
+        return self.attrs.get("sid")
+
+    @property
+    def rid(self) -> int | None:
+        """The request id, or None when missing or not a valid positiveInteger (§6, §14.1)."""
+        return parse_rid(self.attrs.get("rid"))
+
+
+def parse_rid(value: str | None) -> int | None:
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    rid = int(value)
+    return rid if 0 < rid <= MAX_RID else None
+
+
+def parse_bool(value: str | None) -> bool:
+    """XML Schema boolean: 'true'/'1' are true (XEP-0206 §5 and the XSF boolean note)."""
+    return value in ("true", "1")
+
+
+def parse_body(data: bytes) -> Body:
+    """Parse one request body, raising ``BoshError(BAD_REQUEST)`` on anything unacceptable."""
+    if not data.strip():
+        raise BoshError(Condition.BAD_REQUEST, "empty request")
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise BoshError(Condition.BAD_REQUEST, f"malformed XML: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an encoding declaration lxml refuses
+        raise BoshError(Condition.BAD_REQUEST, f"malformed XML: {exc}") from None
+    tree = root.getroottree()
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise BoshError(Condition.BAD_REQUEST, "DOCTYPE not allowed")  # §6, checklist #13
+    if root.tag != f"{{{NS_HTTPBIND}}}body":
+        raise BoshError(Condition.BAD_REQUEST, "root element must be {%s}body" % NS_HTTPBIND)
+    # Prolog/epilog comments and PIs are siblings of the root.
+    if root.getprevious() is not None or root.getnext() is not None:
+        raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
+    if root.text is not None and root.text.strip():
+        raise BoshError(Condition.BAD_REQUEST, "character data directly inside <body/>")  # §6
+    attrs = _attrs(root)
+    payload = tuple(_payload(root))
+    return Body(attrs=attrs, payload=payload)
+
+
+def _attrs(elem: etree._Element) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in elem.attrib.items():
+        if key[0] == "{":
+            ns, _, local = key[1:].partition("}")
+            prefix = _ATTR_PREFIXES.get(ns)
+            key = prefix + local if prefix else key
+        out[key] = value
+    return out
+
+
+def _payload(root: etree._Element) -> Iterable[ClientElement]:
+    for child in root:
+        if not isinstance(child.tag, str):
+            # Comments, PIs and entity references inside the body (§6, checklist #13).
+            raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
+        if child.tail is not None and child.tail.strip():
+            raise BoshError(Condition.BAD_REQUEST, "character data directly inside <body/>")
+        ns, name = _split(child.tag)
+        # XEP-0206 §2 note: stanzas sent without an xmlns inherit the httpbind namespace;
+        # they (and their descendants) really are jabber:client.
+        if ns == NS_HTTPBIND:
+            ns = NS_CLIENT
+        copy = _rebuild(child, None, 0)
+        yield ClientElement(ns, name, etree.tostring(copy, encoding="utf-8"))
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag[0] == "{":
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return "", tag
+
+
+def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int) -> etree._Element:
+    """Copy ``src`` into a fresh tree whose namespace declarations are exactly the ones used.
+
+    Re-serializing a parsed tree is also what stops a client from injecting raw markup such
+    as ``</stream:stream>`` into the upstream stream.
+    """
+    if depth > _MAX_DEPTH:
+        raise BoshError(Condition.BAD_REQUEST, "payload nested too deeply")
+    if len(src.attrib) > _MAX_ATTRIBUTES:
+        raise BoshError(Condition.BAD_REQUEST, "too many attributes")
+    ns, name = _split(src.tag)
+    if ns == NS_HTTPBIND:
+        ns = NS_CLIENT
+    tag = f"{{{ns}}}{name}" if ns else name
+    parent_ns = None if parent is None else _split(parent.tag)[0]
+    nsmap = {None: ns} if ns and ns != parent_ns else None
+    if parent is None:
+        elem = etree.Element(tag, nsmap=nsmap)
+    else:
+        elem = etree.SubElement(parent, tag, nsmap=nsmap)
+    for key, value in src.attrib.items():
+        elem.set(key, value)
+    elem.text = src.text
+    for child in src:
+        if not isinstance(child.tag, str):
+            raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
+        copy = _rebuild(child, elem, depth + 1)
+        copy.tail = child.tail
+    return elem
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+
+def _escape_attr(value: str) -> str:
+    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("'", "&apos;").replace('"', "&quot;"))
+
+
+_BODY_OPEN = f"<body xmlns='{NS_HTTPBIND}'"
+_STREAM_DECL = f" xmlns:stream='{NS_STREAM}'"
+_XBOSH_DECL = f" xmlns:xmpp='{NS_XBOSH}'"
+EMPTY_BODY = (_BODY_OPEN + "/>").encode()
+
+
+def render_body(attrs: Mapping[str, str] | None = None, payload: Sequence[bytes] = ()) -> bytes:
+    """One response ``<body/>``. Attribute names may use the ``xmpp:`` prefix.
+
+    A body with payload declares ``xmlns:stream`` on its own start tag, since payload may
+    contain ``stream:features`` or ``stream:error`` (XEP-0206 §2, checklist #16).
+    """
+    if not attrs and not payload:
+        return EMPTY_BODY
+    parts = [_BODY_OPEN]
+    if attrs:
+        if any(k.startswith("xmpp:") for k in attrs):
+            parts.append(_XBOSH_DECL)
+        for key, value in attrs.items():
+            parts.append(f" {key}='{_escape_attr(value)}'")
+    if not payload:
+        parts.append("/>")
+        return "".join(parts).encode()
+    parts.append(_STREAM_DECL)
+    parts.append(">")
+    head = "".join(parts).encode()
+    return b"".join((head, *payload, b"</body>"))
+
+
+def render_terminate(condition: Condition | None = None, payload: Sequence[bytes] = (),
+                     extra: Mapping[str, str] | None = None) -> bytes:
+    """The one place terminate bodies are built (XEP-0124 §13, §17.2)."""
+    attrs = {"type": "terminate"}
+    if condition is not None:
+        attrs["condition"] = condition.value
+    if extra:
+        attrs.update(extra)
+    return render_body(attrs, payload)
+
+
+def render_error() -> bytes:
+    """The recoverable binding error of XEP-0124 §17.3."""
+    return render_body({"type": "error"})
