@@ -111,27 +111,26 @@ class SessionDriver:
     # -- requests ---------------------------------------------------------------------------
 
     async def create(self, terms: Terms, is_closing: IsClosing) -> Reply:
-        req = self._new_request(is_closing)
+        req, fut = self._new_request(is_closing)
         self.session = Session(self.sid, terms, req, self._loop.time())
         log.info("session %s created for %s", self.sid, terms.stream.to)
         self._execute(self.session.initial_events())
-        return await self._wait(req)
+        return await self._wait(req, fut)
 
     async def request(self, body: wire.Body, is_closing: IsClosing) -> Reply:
-        req = self._new_request(is_closing)
+        req, fut = self._new_request(is_closing)
         self._call(lambda s, now: s.receive(req, body, now))
-        return await self._wait(req)
+        return await self._wait(req, fut)
 
-    def _new_request(self, is_closing: IsClosing) -> int:
+    def _new_request(self, is_closing: IsClosing) -> tuple[int, asyncio.Future[Reply]]:
         req = self.manager.next_request_id()
-        self._futures[req] = self._loop.create_future()
+        fut: asyncio.Future[Reply] = self._loop.create_future()
+        self._futures[req] = fut
         self._closing[req] = is_closing
-        return req
+        return req, fut
 
-    async def _wait(self, req: int) -> Reply:
-        fut = self._futures.get(req)
-        if fut is None:  # answered synchronously and already collected
-            raise RuntimeError("request future missing")
+    async def _wait(self, req: int, fut: asyncio.Future[Reply]) -> Reply:
+        # The future may already be resolved: e.g. a replay is answered synchronously.
         try:
             return await fut
         except asyncio.CancelledError:

@@ -29,7 +29,9 @@
 
   // ---- form defaults ---------------------------------------------------------------
 
-  el.bosh.value = params.get('bosh') || cfg.boshUrl || defaultBoshUrl();
+  // A launcher listening on all addresses writes 0.0.0.0: use the name this page was opened with.
+  el.bosh.value = params.get('bosh') ||
+    (cfg.boshUrl || defaultBoshUrl()).replace('//0.0.0.0:', '//' + window.location.hostname + ':');
   var chosen = params.get('as');
   var account = accounts.find(function (a) {
     return chosen && (a.jid === chosen || a.jid.split('@')[0] === chosen);
