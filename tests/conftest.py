@@ -1,0 +1,195 @@
+"""Shared fixtures: a real Prosody, a real bosh-cm process, BOSH and XMPP test clients.
+
+Everything heavy is lazy: a session-scoped fixture starts only when a test asks for it.
+
+* ``prosody``        session: a started :class:`ProsodyServer` with users alice, bob, carol
+                     (passwords in :data:`USERS`). Missing Prosody -> fail when CI=true, else skip.
+* ``boshcm``         session: a :class:`BoshCM` in front of ``prosody`` (max_wait 10, hold 1).
+* ``endpoint``       parametrized over ``BOSH_ENDPOINTS`` (comma list; default ``boshcm``;
+                     ``prosody`` = Prosody's own mod_bosh, the reference): an :class:`Endpoint`.
+* ``bosh_client``    async factory ``await bosh_client(url=None)`` -> :class:`BoshClient`, closed
+                     after the test.
+* ``xmpp_peer``      async factory ``await xmpp_peer(user, resource="tcp")`` -> logged-in
+                     :class:`XmppPeer` over TCP, closed after the test.
+* ``prosody_factory`` factory for dedicated servers (``prosody_factory(users=USERS)``), stopped
+                     after the test (for tests that kill their server).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # `pytest` run without `python -m`: make `tests.support` importable
+    sys.path.insert(0, str(_ROOT))
+
+from tests.support.prosody import ProsodyServer, prosody_available  # noqa: E402
+
+USERS: dict[str, str] = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
+
+# label -> a started ProsodyServer/BoshCM; their logs are attached to failing test reports
+_LIVE: dict[str, object] = {}
+
+
+def require_prosody() -> None:
+    """Design §7: a test that needs a real component fails (CI) or skips (dev box) without it."""
+    if prosody_available():
+        return
+    msg = "prosody/prosodyctl/openssl not installed (bash scripts/test installs them)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def _make_prosody(workdir: Path, users: dict[str, str] | None = None, **kw: object) -> ProsodyServer:
+    server = ProsodyServer(workdir, **kw)  # type: ignore[arg-type]
+    server.start()
+    for user, password in (users or {}).items():
+        server.register(user, password)
+    return server
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
+    require_prosody()
+    server = _make_prosody(tmp_path_factory.mktemp("prosody"), USERS)
+    _LIVE["prosody"] = server
+    try:
+        yield server
+    finally:
+        _LIVE.pop("prosody", None)
+        server.stop()
+
+
+@pytest.fixture
+def prosody_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ProsodyServer]]:
+    require_prosody()
+    made: list[ProsodyServer] = []
+
+    def factory(users: dict[str, str] | None = None, **kw: object) -> ProsodyServer:
+        server = _make_prosody(tmp_path_factory.mktemp("prosody-own"), USERS if users is None else users, **kw)
+        made.append(server)
+        _LIVE[f"prosody-own-{len(made)}"] = server
+        return server
+
+    yield factory
+    for i, server in enumerate(made, 1):
+        _LIVE.pop(f"prosody-own-{i}", None)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def boshcm(prosody: ProsodyServer, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.support.boshcm import BoshCM
+
+    cm = BoshCM(tmp_path_factory.mktemp("boshcm"), prosody)
+    _LIVE["bosh-cm"] = cm
+    cm.start()
+    try:
+        yield cm
+    finally:
+        _LIVE.pop("bosh-cm", None)
+        cm.stop()
+
+
+@pytest.fixture
+def boshcm_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``boshcm_factory(prosody, bosh={...}, upstream={...})`` -> a started, dedicated BoshCM."""
+    from tests.support.boshcm import BoshCM
+
+    made: list[BoshCM] = []
+
+    def factory(server: ProsodyServer | None, **kw: object) -> BoshCM:
+        cm = BoshCM(tmp_path_factory.mktemp("boshcm-own"), server, **kw)  # type: ignore[arg-type]
+        made.append(cm)
+        _LIVE[f"bosh-cm-own-{len(made)}"] = cm
+        cm.start()
+        return cm
+
+    yield factory
+    for i, cm in enumerate(made, 1):
+        _LIVE.pop(f"bosh-cm-own-{i}", None)
+        cm.stop()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A BOSH endpoint under test: ``name`` is 'boshcm' or 'prosody' (the reference)."""
+
+    name: str
+    url: str
+    domain: str
+    prosody: ProsodyServer
+
+    @property
+    def is_reference(self) -> bool:
+        return self.name == "prosody"
+
+
+def _endpoint_names() -> list[str]:
+    names = [n.strip() for n in os.environ.get("BOSH_ENDPOINTS", "boshcm").split(",") if n.strip()]
+    bad = set(names) - {"boshcm", "prosody"}
+    if bad:
+        raise pytest.UsageError(f"BOSH_ENDPOINTS: unknown {sorted(bad)}; allowed: boshcm, prosody")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "endpoint" in metafunc.fixturenames:
+        metafunc.parametrize("endpoint", _endpoint_names(), indirect=True)
+
+
+@pytest.fixture
+def endpoint(request: pytest.FixtureRequest, prosody: ProsodyServer) -> Endpoint:
+    if request.param == "prosody":
+        return Endpoint("prosody", prosody.bosh_url, prosody.domain, prosody)
+    cm = request.getfixturevalue("boshcm")
+    return Endpoint("boshcm", cm.url, prosody.domain, prosody)
+
+
+@pytest.fixture
+async def bosh_client() -> AsyncIterator[Callable[..., Awaitable[object]]]:
+    from tests.support.boshclient import BoshClient
+
+    made: list[BoshClient] = []
+
+    async def factory(url: str, **kw: object) -> BoshClient:
+        client = BoshClient(url, **kw)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        await client.close()
+
+
+@pytest.fixture
+async def xmpp_peer() -> AsyncIterator[Callable[..., Awaitable[object]]]:
+    from tests.support.xmppclient import XmppPeer
+
+    made: list[XmppPeer] = []
+
+    async def factory(server: ProsodyServer, user: str, resource: str = "tcp") -> XmppPeer:
+        peer = await XmppPeer.connect_to(server, user, USERS[user], resource)
+        made.append(peer)
+        return peer
+
+    yield factory
+    for peer in made:
+        await peer.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """On failure, attach the log tails of the live bosh-cm / Prosody processes."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for label, proc in list(_LIVE.items()):
+            report.sections.append((f"{label} log", proc.log_tail(3000)))
