@@ -192,4 +192,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if report.when == "call" and report.failed:
         for label, proc in list(_LIVE.items()):
-            report.sections.append((f"{label} log", proc.log_tail(3000)))
+            report.sections.append((f"{label} log", proc.log_tail(limit=3000)))

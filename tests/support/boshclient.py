@@ -338,6 +338,8 @@ class BoshClient:
     async def post(self, payload: bytes | str = b"", **attrs: Any) -> "asyncio.Task[BoshResponse]":
         """Send one request (next rid) without waiting for its answer; at most ``requests``
         in flight (waits for a free slot). Payload children of the answer go to the inbox."""
+        if self.terminated is not None:
+            raise BoshTerminated(self.terminated)
         if self.sid is None:
             raise RuntimeError("no session: call create() first")
         while len(self._inflight) >= self.requests:
