@@ -1,0 +1,457 @@
+"""A raw client-to-server XMPP stream on slixmpp's ``XMLStream``, used as a pipe.
+
+``ClientXMPP``/``BaseXMPP`` act on the user's behalf (feature negotiation, automatic
+replies to iqs and subscriptions, see-other-host); a transparent bridge must not, so this
+is a thin subclass of the bare :class:`slixmpp.xmlstream.XMLStream` (design.md section 5).
+
+What this layer does itself:
+
+* writes our stream header (RFC 6120 §4.7) and captures every server header;
+* STARTTLS on the hop to the server (RFC 6120 §5.4), with one shared ``SSLContext``;
+* parses top-level elements and hands the ones parsed from one ``data_received`` call to
+  its owner as one batch;
+* whitespace keepalives (RFC 6120 §4.6.1), which slixmpp only starts on ``session_start``,
+  an event that never fires at this layer;
+* exactly one "ended" notification, whatever mix of stream error, ``</stream:stream>``,
+  EOF, TLS failure and ``disconnected`` events (which slixmpp can fire twice) happens.
+
+It does not know about BOSH: :mod:`xmpp_bridge.upstream` turns its callbacks into the
+``bosh.ports.UpstreamListener`` contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import ssl
+import xml.etree.ElementTree as ET
+from typing import Any, Mapping, Protocol
+
+from slixmpp.xmlstream import XMLStream
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher.base import MatcherBase
+from slixmpp.xmlstream.stanzabase import StanzaBase
+
+from bosh.ports import NS_CLIENT, NS_STREAM, StreamParams
+from xmpp_bridge.xml import NS_TLS, escape_attr, is_features, is_stream_error, offers_starttls
+
+__all__ = ["StreamOwner", "BridgeStream", "build_stream_header", "STREAM_FOOTER"]
+
+log = logging.getLogger(__name__)
+
+# slixmpp logs every stanza it sends and receives at DEBUG, SASL payloads (which carry
+# passwords for PLAIN) included. Keep its logger at INFO or above even when the operator
+# turns on DEBUG for everything else (design.md section 5, section 9 "Never log SASL
+# payloads").
+_slixmpp_log = logging.getLogger("slixmpp")
+if _slixmpp_log.level < logging.INFO:  # NOTSET (0) inherits from the root: pin it
+    _slixmpp_log.setLevel(logging.INFO)
+
+STREAM_FOOTER = b"</stream:stream>"
+_STREAM_TAG = f"{{{NS_STREAM}}}stream"
+_TLS_PROCEED = f"{{{NS_TLS}}}proceed"
+_TLS_FAILURE = f"{{{NS_TLS}}}failure"
+_KEEPALIVE_EVENT = "bosh-cm whitespace keepalive"
+
+
+def build_stream_header(params: StreamParams) -> bytes:
+    """The initial stream header we send for ``params`` (RFC 6120 §4.7, XEP-0206 §3).
+
+    Values come from the client's session-creation body, so they are escaped: a crafted
+    ``to`` must not be able to add attributes or close the tag.
+    """
+    attrs = [
+        ("xmlns", NS_CLIENT),
+        ("xmlns:stream", NS_STREAM),
+        ("to", params.to),
+    ]
+    if params.version:
+        attrs.append(("version", params.version))
+    if params.lang:
+        attrs.append(("xml:lang", params.lang))
+    if params.from_:
+        # RFC 6120 §4.7.1: 'from' is optional on the initiating entity's header.
+        attrs.append(("from", params.from_))
+    rendered = " ".join(f"{name}='{escape_attr(value)}'" for name, value in attrs)
+    return f"<?xml version='1.0'?><stream:stream {rendered}>".encode("utf-8")
+
+
+class StreamOwner(Protocol):
+    """Callbacks from :class:`BridgeStream`; all run on the event loop thread."""
+
+    def stream_ready(self, header: Mapping[str, str], features: ET.Element | None) -> None:
+        """The first usable stream is open: ``header`` is the (post-TLS) server header.
+
+        ``features`` is None only for a pre-1.0 server that sends no features
+        (RFC 6120 §4.7.5).
+        """
+
+    def stream_elements(self, elements: list[ET.Element]) -> None:
+        """Top-level elements after :meth:`stream_ready`, one batch per read."""
+
+    def stream_ended(self, error: ET.Element | None, reason: str) -> None:
+        """The stream ended not by our :meth:`BridgeStream.shutdown`; called at most once.
+
+        ``error`` is the ``<stream:error/>`` element when the server sent one.
+        """
+
+
+class _AnyElement(MatcherBase):
+    """Matches every top-level element: the bridge forwards everything."""
+
+    def match(self, xml: StanzaBase) -> bool:
+        return True
+
+
+class _State(enum.Enum):
+    CONNECTING = "connecting"          # no TCP yet
+    AWAIT_FEATURES = "await-features"  # header sent, waiting for the first features
+    STARTTLS_SENT = "starttls-sent"    # waiting for <proceed/>
+    TLS_HANDSHAKE = "tls-handshake"
+    OPEN = "open"                      # ready reported; elements flow
+    CLOSED = "closed"                  # ended or shut down: no more callbacks
+
+
+class BridgeStream(XMLStream):  # type: ignore[misc]
+    """One raw XMPP client stream to a server, owned by one upstream.
+
+    :param owner: receives the callbacks (see :class:`StreamOwner`).
+    :param params: what our stream header is built from.
+    :param ssl_context: the factory's shared context (also passed when ``use_tls`` is
+        False, so that slixmpp does not build a private one per stream).
+    :param use_tls: negotiate STARTTLS, and refuse a server that does not offer it.
+    :param keepalive: seconds between whitespace keepalives once open; 0 disables them.
+    :param loop: the running event loop.
+    """
+
+    #: Exceptions raised by handlers or owner callbacks, summed over all streams.
+    total_handler_errors: int = 0
+
+    def __init__(self, owner: StreamOwner, params: StreamParams, *,
+                 ssl_context: ssl.SSLContext, use_tls: bool, keepalive: float,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(ssl_context=ssl_context, loop=loop)
+        self._owner = owner
+        self._use_tls = use_tls
+        self._keepalive = keepalive
+        self._state = _State.CONNECTING
+        self._tls_done = False
+        self._tls_task: asyncio.Task[bool] | None = None
+        self._batch: list[ET.Element] | None = None
+        self._stop_reading = False
+        self.handler_errors = 0
+        #: Attributes of the most recent server stream header (RFC 6120 §4.7).
+        self.server_header: dict[str, str] = {}
+
+        # Names slixmpp uses when it writes headers/footers itself (connection_made).
+        self.default_ns = NS_CLIENT
+        self.stream_ns = NS_STREAM
+        self.default_domain = params.to  # server_hostname for certificate checks
+        self.stream_header = build_stream_header(params).decode("utf-8")
+        self.stream_footer = STREAM_FOOTER.decode("utf-8")
+        # slixmpp's own keepalive hangs off session_start; ours is scheduled in _go_open.
+        self.whitespace_keepalive = False
+
+        self.register_handler(Callback("bosh-cm: every top-level element", _AnyElement(None),
+                                       self._on_element))
+        self.add_event_handler("disconnected", self._on_disconnected)
+
+    # -- introspection -----------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """Ready was reported and the stream has not ended."""
+        return self._state is _State.OPEN
+
+    @property
+    def is_closed(self) -> bool:
+        """The stream ended or was shut down."""
+        return self._state is _State.CLOSED
+
+    # -- slixmpp hooks -----------------------------------------------------------------
+
+    def start_stream_handler(self, xml: ET.Element) -> None:
+        """Capture every server stream header; the post-TLS one feeds ``StreamInfo``."""
+        self.server_header = {key: value for key, value in xml.attrib.items()}
+        if self._state is _State.AWAIT_FEATURES and not self.server_header.get("version"):
+            # RFC 6120 §4.7.5: no version means a pre-1.0 server that sends no features.
+            # Nothing to negotiate; TLS cannot be had, so refuse it when required.
+            if self._use_tls and not self._tls_done:
+                self._end(None, "server has no stream features (pre-XMPP-1.0), TLS required")
+                return
+            self._go_open(None)
+
+    def exception(self, exception: Exception) -> None:
+        """slixmpp swallows exceptions from event handlers and schedules: log and count."""
+        self._count_error(exception, "slixmpp callback")
+
+    def data_received(self, data: bytes) -> None:  # type: ignore[override]
+        """Parse what arrived; hand the resulting top-level elements over as one batch.
+
+        Replaces slixmpp's version, which on malformed input would ``send()`` a stream error
+        (held back forever at this layer, see design.md section 5) and which logs the raw
+        payload.
+        """
+        if self.parser is None or self._state is _State.CLOSED:
+            return
+        batch: list[ET.Element] = []
+        self._batch = batch
+        self._stop_reading = False
+        end_reason: str | None = None
+        try:
+            self.parser.feed(data)
+            for event, xml in self.parser.read_events():
+                if event == "start":
+                    if self.xml_depth == 0:
+                        if xml.tag != _STREAM_TAG:
+                            # RFC 6120 §4.9.3.9 (invalid-namespace) / not XMPP at all.
+                            end_reason = "server root element is not <stream:stream>"
+                            break
+                        self.xml_root = xml
+                        self.start_stream_handler(xml)
+                        if self._state is _State.CLOSED:
+                            break
+                    self.xml_depth += 1
+                else:
+                    self.xml_depth -= 1
+                    if self.xml_depth == 0:
+                        # RFC 6120 §4.4: the server closed its stream.
+                        end_reason = "server closed the stream"
+                        break
+                    if self.xml_depth == 1:
+                        # A direct child of <stream:stream> (RFC 6120 §4.1): goes through
+                        # slixmpp's handler machinery into _on_element.
+                        self._spawn_event(xml)
+                        if self.xml_root is not None:
+                            self.xml_root.clear()  # keep the root from growing
+                        if self._stop_reading or self._state is _State.CLOSED:
+                            break
+        except ET.ParseError as exc:
+            # Never log the data: it may be a SASL exchange.
+            end_reason = f"malformed XML from server: {exc.code}"
+        finally:
+            self._batch = None
+        if batch and self._state is _State.OPEN:
+            self._deliver(batch)
+        if end_reason is not None and self._state is not _State.CLOSED:
+            self._end(None, end_reason)
+
+    def connection_made(self, transport: asyncio.BaseTransport,
+                        send_event: bool = True) -> None:
+        """TCP is up: slixmpp initializes the parser and writes our header (RFC 6120 §4.2)."""
+        if self._state is _State.CLOSED:
+            # close() won the race against create_connection.
+            transport.close()
+            return
+        self._state = _State.AWAIT_FEATURES
+        super().connection_made(transport, send_event)
+
+    def connection_lost(self, exception: BaseException | None) -> None:
+        """TCP (or TLS) connection gone; slixmpp then fires ``disconnected``."""
+        super().connection_lost(exception)
+        # slixmpp only fires 'disconnected' from here; call our handler directly too, in
+        # case a future version stops doing so. _on_disconnected is idempotent.
+        self._on_disconnected(exception)
+
+    # -- element dispatch --------------------------------------------------------------
+
+    def _on_element(self, stanza: StanzaBase) -> None:
+        try:
+            self._handle_element(stanza.xml)
+        except Exception as exc:  # a bug here must not kill the transport
+            self._count_error(exc, "element handler")
+
+    def _handle_element(self, elem: ET.Element) -> None:
+        state = self._state
+        if state is _State.OPEN:
+            if is_stream_error(elem):
+                # RFC 6120 §4.9: fatal. Elements before it are delivered first.
+                self._stop_reading = True
+                if self._batch:
+                    self._deliver(self._batch)
+                    self._batch.clear()
+                self._end(elem, "stream error")
+                return
+            if self._batch is not None:
+                self._batch.append(elem)
+            else:
+                self._deliver([elem])
+            return
+        if is_stream_error(elem):
+            self._stop_reading = True
+            self._end(elem, "stream error during negotiation")
+            return
+        if state is _State.AWAIT_FEATURES and is_features(elem):
+            if self._use_tls and not self._tls_done:
+                if offers_starttls(elem):
+                    # RFC 6120 §5.4.2.1
+                    self._state = _State.STARTTLS_SENT
+                    self._write(f"<starttls xmlns='{NS_TLS}'/>".encode("ascii"))
+                else:
+                    self._end(None, "TLS required but the server does not offer STARTTLS")
+                return
+            self._go_open(elem)
+            return
+        if state is _State.STARTTLS_SENT:
+            if elem.tag == _TLS_PROCEED:
+                # RFC 6120 §5.4.3.3: nothing more arrives on the plaintext layer.
+                self._stop_reading = True
+                self._state = _State.TLS_HANDSHAKE
+                self._tls_task = self.loop.create_task(self.start_tls())
+            elif elem.tag == _TLS_FAILURE:
+                self._end(None, "server refused STARTTLS")  # RFC 6120 §5.4.2.2
+            else:
+                self._end(None, f"unexpected {elem.tag!r} while waiting for <proceed/>")
+            return
+        self._end(None, f"unexpected {elem.tag!r} during stream negotiation")
+
+    def _go_open(self, features: ET.Element | None) -> None:
+        self._state = _State.OPEN
+        if self._keepalive > 0:
+            self.schedule(_KEEPALIVE_EVENT, self._keepalive, self._send_keepalive, repeat=True)
+        try:
+            self._owner.stream_ready(dict(self.server_header), features)
+        except Exception as exc:
+            self._count_error(exc, "stream_ready")
+
+    def _deliver(self, elements: list[ET.Element]) -> None:
+        try:
+            self._owner.stream_elements(list(elements))
+        except Exception as exc:
+            self._count_error(exc, "stream_elements")
+
+    # -- TLS ---------------------------------------------------------------------------
+
+    async def start_tls(self) -> bool:
+        """Upgrade the connection after ``<proceed/>`` (RFC 6120 §5.4.3.3).
+
+        Replaces slixmpp's version, which on failure calls ``disconnect()`` (writing a
+        footer on a dead transport and lingering two seconds) and never reports the
+        failure to us: a failed handshake here ends the stream at once. On success the
+        stream restarts on the TLS layer (RFC 6120 §5.4.3.3): fresh parser, fresh header.
+        """
+        transport = self.transport
+        if transport is None:
+            return False
+        try:
+            new_transport = await self.loop.start_tls(
+                transport, self, self.ssl_context, server_hostname=self.default_domain)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            # The handshake failed; asyncio closed the transport but, as the handshake never
+            # completed, will not call our connection_lost.
+            transport.abort()
+            self._end(None, f"TLS handshake with the server failed: {exc}")
+            return False
+        if new_transport is None or self._state is not _State.TLS_HANDSHAKE:
+            if new_transport is not None:
+                new_transport.abort()
+            return False
+        self._tls_done = True
+        self.transport = new_transport
+        self._state = _State.AWAIT_FEATURES
+        self.init_parser()
+        self._write(self.stream_header.encode("utf-8"))
+        return True
+
+    # -- called by the upstream --------------------------------------------------------
+
+    def send_element(self, data: bytes) -> None:
+        """Write one already-serialized client element (slixmpp ``send_raw``)."""
+        if self._state is _State.OPEN:
+            self._write(data)
+
+    def restart(self, header: bytes) -> None:
+        """XEP-0206 §5 / RFC 6120 §4.3.3: new parser, new header, same TCP stream."""
+        if self._state is not _State.OPEN:
+            return
+        self.init_parser()
+        self._write(header)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the server (backpressure toward a slow BOSH client)."""
+        if self.transport is not None and self._state is _State.OPEN:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        if self.transport is not None and self._state is _State.OPEN:
+            self.transport.resume_reading()
+
+    def write_buffer_size(self) -> int:
+        """Bytes queued in the transport, not yet written to the socket."""
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def shutdown(self, send_footer: bool = True) -> None:
+        """Our side ends the stream; no owner callbacks after this. Idempotent.
+
+        RFC 6120 §4.4 lets us close the TCP connection after our ``</stream:stream>``
+        without waiting for the server's; ``close()`` still flushes what is buffered.
+        """
+        was = self._state
+        self._state = _State.CLOSED
+        self._cancel_timers()
+        if self._tls_task is not None and not self._tls_task.done():
+            self._tls_task.cancel()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if send_footer and was in (_State.OPEN, _State.AWAIT_FEATURES, _State.STARTTLS_SENT):
+            try:
+                transport.write(STREAM_FOOTER)
+            except Exception:  # transport in a state where it refuses writes
+                pass
+        transport.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the loss is reported by connection_lost
+        self.send_raw(data)
+
+    def _send_keepalive(self) -> None:
+        # RFC 6120 §4.6.1: whitespace between top-level elements keeps NATs and the
+        # server's idle timers happy; only on an open stream (never mid-TLS-handshake).
+        if self._state is _State.OPEN:
+            self._write(b" ")
+
+    def _cancel_timers(self) -> None:
+        self.cancel_schedule(_KEEPALIVE_EVENT)
+
+    def _on_disconnected(self, reason: Any) -> None:
+        if self._state is _State.CLOSED:
+            return  # our own shutdown, or already reported: slixmpp may fire twice
+        detail = f": {reason}" if isinstance(reason, BaseException) else ""
+        self._end(None, f"connection to the server lost{detail}")
+
+    def _end(self, error: ET.Element | None, reason: str) -> None:
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._cancel_timers()
+        log.info("upstream stream to %s ended: %s", self.default_domain, reason)
+        try:
+            self._owner.stream_ended(error, reason)
+        except Exception as exc:
+            self._count_error(exc, "stream_ended")
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if error is not None or reason == "server closed the stream":
+                # RFC 6120 §4.4: answer the server's closing tag with ours.
+                try:
+                    transport.write(STREAM_FOOTER)
+                except Exception:
+                    pass
+            transport.close()
+
+    def _count_error(self, exc: BaseException, where: str) -> None:
+        self.handler_errors += 1
+        BridgeStream.total_handler_errors += 1
+        log.error("exception in %s for upstream %s", where, self.default_domain,
+                  exc_info=(type(exc), exc, exc.__traceback__))
