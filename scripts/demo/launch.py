@@ -172,6 +172,15 @@ def smoke_check(page_url: str, bosh_url: str) -> None:
         with urllib.request.urlopen(page_url + path, timeout=10) as r:
             assert r.status == 200, f"{page_url + path}: HTTP {r.status}"
     origin = page_url.rstrip("/")
+    # Strophe posts text/xml, so browsers send a CORS preflight first.
+    pre = urllib.request.Request(bosh_url, method="OPTIONS", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    with urllib.request.urlopen(pre, timeout=10) as r:
+        allowed = r.headers.get("Access-Control-Allow-Origin")
+        if r.status not in (200, 204) or allowed not in (origin, "*"):
+            raise AssertionError(f"CORS preflight from {origin} refused: HTTP {r.status}, "
+                                 f"Access-Control-Allow-Origin={allowed!r}")
     body = (f"<body rid='1573741820' to='{DOMAIN}' xml:lang='en' wait='5' hold='1' ver='1.6' "
             "content='text/xml; charset=utf-8' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh' "
             "xmlns='http://jabber.org/protocol/httpbind'/>").encode()
@@ -184,7 +193,8 @@ def smoke_check(page_url: str, bosh_url: str) -> None:
         raise AssertionError(f"bosh-cm did not create a session: {answer}")
     if allow not in (origin, "*"):
         raise AssertionError(f"bosh-cm answered without CORS for {origin}: Access-Control-Allow-Origin={allow!r}")
-    print(f"check: page OK, BOSH session created through bosh-cm, CORS OK ({allow})", flush=True)
+    print(f"check: OK: page served; CORS preflight and BOSH session creation through bosh-cm "
+          f"from {origin} (Access-Control-Allow-Origin: {allow})", flush=True)
 
 
 def main() -> int:
