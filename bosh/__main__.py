@@ -15,6 +15,7 @@ from bosh.driver import Manager
 from bosh.errors import ConfigError
 from bosh.session import Limits
 from bosh.web import make_app
+from bosh.wire import parse_route
 
 log = logging.getLogger("bosh")
 
@@ -23,8 +24,10 @@ def build_manager(cfg: config_mod.Config) -> Manager:
     from xmpp_bridge.upstream import XmppUpstreamFactory
 
     b = cfg.bosh
+    routes = frozenset(r for r in map(parse_route, cfg.upstream.routes) if r is not None)
     limits = Limits(max_wait=b.max_wait, max_inactivity=b.max_inactivity,
-                    max_hold=b.max_hold, polling=b.polling)
+                    max_hold=b.max_hold, polling=b.polling, max_pause=b.max_pause,
+                    routes=routes)
     return Manager(limits, cfg.upstream.domains, b.max_sessions, XmppUpstreamFactory(cfg.upstream))
 
 

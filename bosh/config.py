@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bosh.errors import ConfigError
+from bosh.wire import parse_route
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -43,6 +44,8 @@ class BoshConfig:
     max_hold: int = field(default=1, metadata=_meta("upper bound for a client's 'hold'", 0, 16))
     polling: int = field(default=2, metadata=_meta("seconds, advertised shortest polling interval", 0, 3600))
     max_sessions: int = field(default=10_000, metadata=_meta("sessions open at once", 1, 1_000_000))
+    max_pause: int = field(
+        default=120, metadata=_meta("seconds; longest 'pause' a client may ask for, 0 = no pausing", 0, 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class UpstreamConfig:
         default="", metadata=_meta("fixed upstream server; empty = SRV _xmpp-client._tcp of 'to'"))
     port: int = field(default=5222, metadata=_meta("upstream port for a fixed host", 1, 65535))
     tls: str = field(default="required", metadata=_meta("upstream STARTTLS", choices=("required", "none")))
+    routes: tuple[str, ...] = field(
+        default=(), metadata=_meta("'route' values a client may ask for, as \"xmpp:host:port\""))
     ca_file: str = field(default="", metadata=_meta("extra trust anchor (PEM); empty = system store"))
     connect_timeout: float = field(
         default=10.0, metadata=_meta("seconds to connect and open the stream", 0.1, 300))
@@ -133,6 +138,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: [http] path: {cfg.http.path!r} must start with '/'")
     if not cfg.upstream.domains:
         raise ConfigError(f"{source}: [upstream] domains: must list at least one domain")
+    for route in cfg.upstream.routes:
+        if parse_route(route) is None:
+            raise ConfigError(f"{source}: [upstream] routes: {route!r} is not allowed; "
+                              "allowed: \"proto:host:port\", e.g. \"xmpp:chat.example.org:5222\"")
 
 
 def load(path: str | Path) -> Config:

@@ -34,6 +34,7 @@ class Reply:
     status: int
     body: bytes
     content_type: str = DEFAULT_CONTENT
+    codings: tuple[str, ...] = ()  # content codings the client accepts (§7.1 'accept')
 
 
 def error_reply(condition: Condition, legacy: bool = False) -> Reply:
@@ -192,9 +193,9 @@ class SessionDriver:
             if isinstance(ev, Respond):
                 fut = self._futures.pop(ev.request, None)
                 self._closing.pop(ev.request, None)
-                if fut is not None and not fut.done():
-                    content_type = self.session.content_type if self.session else DEFAULT_CONTENT
-                    fut.set_result(Reply(ev.status, ev.body, content_type))
+                if fut is not None and not fut.done() and self.session is not None:
+                    terms = self.session.terms
+                    fut.set_result(Reply(ev.status, ev.body, terms.content, terms.accept))
             elif isinstance(ev, SendUpstream):
                 if self.upstream is not None:
                     self.upstream.send(ev.elements)

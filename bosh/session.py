@@ -25,13 +25,14 @@ Invariants (checked by the unit tests in tests/core/):
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable, Union
+from typing import Hashable, Sequence, Union
 
 from bosh.errors import BoshError, Condition
 from bosh.ports import ClientElement, StreamInfo, StreamParams
-from bosh.wire import Body, parse_bool, render_body, render_error, render_terminate
+from bosh.wire import Body, bounce, parse_bool, parse_route, render_body, render_error, render_terminate
 
 # The protocol version this connection manager implements (XEP-0124 §7.2 'ver').
 VERSION = (1, 11)
@@ -97,6 +98,13 @@ class Limits:
     max_inactivity: int = 60
     max_hold: int = 1
     polling: int = 2
+    max_pause: int = 0                                  # 0: pausing not offered (§10)
+    routes: frozenset[tuple[str, int]] = frozenset()   # allow-listed 'route' targets
+    max_repeats: int = 10                               # resends of one rid (§14.3 MAY cap)
+
+
+# Content codings we can decode in requests and use for responses (§7.1/§7.2 'accept').
+CODINGS = ("gzip", "deflate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,11 @@ class Terms:
     ver: str | None          # the answered version; None for a legacy client that sent none
     content: str
     stream: StreamParams
+    acks: bool = False                 # §9.1: the client asked for request acks
+    maxpause: int = 0                  # §10: advertised maximum pause, 0 = none
+    accept: tuple[str, ...] = ()       # §7.1: codings the client can decode in responses
+    newkey: str | None = None          # §15: first key of the client's key sequence
+    max_repeats: int = 10              # §14.3: resends of one rid before policy-violation
 
     @property
     def legacy(self) -> bool:
@@ -164,17 +177,49 @@ def negotiate(body: Body, limits: Limits, domains: frozenset[str]) -> Terms:
         lang=body.get("xml:lang"),
         from_=body.get("from"),
         version=body.get("xmpp:version") or "1.0",  # schema default (checklist Q8)
+        route=_allowed_route(body.get("route"), limits.routes),
     )
+    accept = tuple(c for c in (x.strip().lower() for x in (body.get("accept") or "").split(","))
+                   if c in CODINGS)
     return Terms(
         rid=rid, wait=wait, hold=hold,
         requests=hold + 1,  # §7.2 RECOMMENDED: hold + 1
         inactivity=inactivity, polling=limits.polling, ver=ver,
         content=body.get("content") or DEFAULT_CONTENT,
         stream=stream,
+        acks=body.get("ack") == "1",
+        maxpause=limits.max_pause,
+        accept=accept,
+        newkey=body.get("newkey"),
+        max_repeats=limits.max_repeats,
     )
 
 
+def _allowed_route(raw: str | None, allowed: frozenset[tuple[str, int]]) -> tuple[str, int] | None:
+    """A 'route' is honoured only when the operator allow-listed it; anything else is
+    refused, or we would be an open TCP relay (checklist #27 REC, §19)."""
+    if raw is None:
+        return None
+    target = parse_route(raw)
+    if target is None:
+        raise BoshError(Condition.BAD_REQUEST, "malformed 'route'")
+    if target not in allowed:
+        raise BoshError(Condition.HOST_UNKNOWN, "route not allowed")
+    return target
+
+
 # ---------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Sent:
+    """A cached answer (§14.3): exact bytes, when it was sent (§9.2 'time'), resends so far."""
+
+    status: int
+    body: bytes
+    at: float
+    had_payload: bool
+    repeats: int = 0
+
 
 class Session:
     """One BOSH session. See the module docstring for the invariants."""
@@ -184,20 +229,24 @@ class Session:
         self.terms = terms
         self.state = State.CONNECTING
         self.ended_condition: Condition | None = None
+        self._now = now  # time of the input being handled; set by every public call
         self._creation_request: Hashable | None = request
         self._last_rid = terms.rid
         self._parked: dict[int, tuple[Hashable, Body]] = {}
         self._slots: dict[int, Hashable | None] = {}     # processed, not yet answered; rid order
         self._deadlines: dict[int, float] = {}            # wait deadline per live slot
         self._where: dict[Hashable, int] = {}             # live request -> its rid (slot or parked)
-        self._cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self._cache: OrderedDict[int, _Sent] = OrderedDict()
+        # With acks the cache keeps every unacknowledged answer (§9.2), within a bound.
+        self._cache_limit = max(terms.requests, 32) if terms.acks else terms.requests
         self._pending: list[bytes] = []                   # from upstream, not yet delivered
         self._early: list[ClientElement] = []             # from the client before upstream ready
         self._doom: tuple[Condition, bytes] | None = None
         self._idle_since: float | None = None             # None while a request is held
-        self._out: list[Event] = []
-        self._now = now  # time of the input being handled; set by every public call
-        self._emit(OpenUpstream(terms.stream))
+        self._inactivity = terms.inactivity               # lowered/raised by 'pause' (§10)
+        self._last_new: tuple[float, bool] | None = None  # arrival, empty: for §11/§12 checks
+        self._key = terms.newkey                          # §15 key sequence
+        self._out: list[Event] = [OpenUpstream(terms.stream)]
 
     @property
     def content_type(self) -> str:
@@ -207,18 +256,11 @@ class Session:
     def held_count(self) -> int:
         return sum(1 for r in self._slots.values() if r is not None)
 
-    def _take(self) -> list[Event]:
-        out, self._out = self._out, []
-        return out
-
-    def _emit(self, event: Event) -> None:
-        self._out.append(event)
-
     def initial_events(self) -> list[Event]:
         """Events produced by construction (the OpenUpstream)."""
         return self._take()
 
-    # -- inputs ---------------------------------------------------------------------------
+    # -- inputs from upstream ---------------------------------------------------------------
 
     def upstream_ready(self, info: StreamInfo, features: bytes, now: float) -> list[Event]:
         """XEP-0206 §4: answer the creation request with the terms and the first features."""
@@ -236,16 +278,21 @@ class Session:
             "polling": str(t.polling),
             "ver": t.ver or "%d.%d" % VERSION,
             "from": info.from_ or t.stream.to,
+            "accept": ",".join(CODINGS),
             "xmpp:version": info.version or t.stream.version,
             "xmpp:restartlogic": "true",
         }
+        if t.maxpause:
+            attrs["maxpause"] = str(t.maxpause)  # §7.2: only when pausing is supported
+        if t.acks:
+            attrs["ack"] = str(t.rid)  # §7.2/§9.1: the creation response acks its own rid
         if info.id:
-            attrs["authid"] = info.id
-        body = render_body(attrs, (features,))
+            attrs["authid"] = info.id  # XEP-0206 §4 (obsolete, still sent for old clients)
         request = self._creation_request
         self._creation_request = None
+        body = render_body(attrs, (features,))
+        self._cache[t.rid] = _Sent(200, body, now, True)
         if request is not None:
-            self._where.pop(request, None)
             self._emit(Respond(request, body))
         self._idle_since = now
         if self._early:
@@ -253,11 +300,11 @@ class Session:
             self._early.clear()
         return self._take()
 
-    def upstream_elements(self, elements: list[bytes] | tuple[bytes, ...], now: float) -> list[Event]:
+    def upstream_elements(self, elements: Sequence[bytes], now: float) -> list[Event]:
         self._now = now
         if self.state is State.OPEN:
             self._pending.extend(elements)
-            self._flush(now)
+            self._flush()
         return self._take()
 
     def upstream_closed(self, condition: Condition, stream_error: bytes | None, now: float) -> list[Event]:
@@ -268,30 +315,30 @@ class Session:
         payload = list(self._pending)
         self._pending.clear()
         if stream_error is not None:
-            payload.append(stream_error)
-        body = render_terminate(condition, payload)
+            payload.append(stream_error)  # §17.2/0206 §6: stanzas first, then the error
         if self.state is State.CONNECTING:
             request = self._creation_request
             self._creation_request = None
             if request is not None:
-                self._where.pop(request, None)
-                self._emit(Respond(request, body, self._status(condition)))
-            self._end(condition, now, close_upstream=False)
+                self._emit(Respond(request, render_terminate(condition, payload), self._status(condition)))
+            self._end(condition, close_upstream=False)
             return self._take()
         live = self._live_rids()
         if live:
             first, *rest = live
-            self._answer(first, body, self._status(condition))
+            self._answer(first, _term(condition), payload, self._status(condition))
             for rid in rest:
-                self._answer(rid, render_terminate(condition), self._status(condition))
-            self._end(condition, now, close_upstream=False)
+                self._answer(rid, _term(condition), (), self._status(condition))
+            self._end(condition, close_upstream=False)
         else:
             # Nobody to tell right now: keep the terminal body for the next request (#95).
             self.state = State.DOOMED
-            self._doom = (condition, body)
+            self._doom = (condition, render_terminate(condition, payload))
             if self._idle_since is None:
                 self._idle_since = now
         return self._take()
+
+    # -- inputs from the client -------------------------------------------------------------
 
     def receive(self, request: Hashable, body: Body, now: float) -> list[Event]:
         """A request for this session arrived (XEP-0124 §8, §14)."""
@@ -304,15 +351,15 @@ class Session:
             assert self._doom is not None
             condition, doom_body = self._doom
             self._emit(Respond(request, doom_body, self._status(condition)))
-            self._end(condition, now, close_upstream=False)
+            self._end(condition, close_upstream=False)
             return self._take()
         rid = body.rid
         if rid is None:
-            return self._fail(request, Condition.BAD_REQUEST, now)
+            return self._fail(request, Condition.BAD_REQUEST)
         if rid <= self._last_rid:
-            return self._repeat(request, rid, now)
+            return self._repeat(request, rid)
         if rid > self._last_rid + self.terms.requests:
-            return self._fail(request, Condition.ITEM_NOT_FOUND, now)  # §14.2 MUST
+            return self._fail(request, Condition.ITEM_NOT_FOUND)  # §14.2 MUST
         old = self._parked.get(rid)
         if old is not None:
             # The same early rid again: the newer copy replaces the older (§14.3 spirit).
@@ -321,10 +368,10 @@ class Session:
         self._parked[rid] = (request, body)
         self._where[request] = rid
         while self.state is not State.ENDED and (nxt := self._parked.pop(self._last_rid + 1, None)):
-            self._process(nxt[0], self._last_rid + 1, nxt[1], now)
+            self._process(nxt[0], self._last_rid + 1, nxt[1])
         if self.state is not State.ENDED:
             self._enforce_hold()
-            self._flush(now)
+            self._flush()
         return self._take()
 
     def request_gone(self, request: Hashable, now: float) -> list[Event]:
@@ -339,7 +386,7 @@ class Session:
         rid = self._where.pop(request, None)
         if rid is None:
             return self._take()
-        if rid in self._slots and self._slots[rid] == request:
+        if self._slots.get(rid) == request:
             self._slots[rid] = None
             self._deadlines.pop(rid, None)
             if self._idle_since is None and not self._live_rids():
@@ -348,18 +395,20 @@ class Session:
             del self._parked[rid]
         return self._take()
 
+    # -- time and the server side -----------------------------------------------------------
+
     def handle_timer(self, now: float) -> list[Event]:
         self._now = now
         if self.state is State.ENDED:
             return self._take()
         for rid, deadline in list(self._deadlines.items()):
             if deadline <= now and rid in self._deadlines:
-                self._answer(rid, self._drain_pending())  # §8: empty body when wait expires
-        if self._idle_since is not None and now >= self._idle_since + self.terms.inactivity \
-                and self._creation_request is None:
+                self._answer_pending(rid)  # §8: an empty body when 'wait' runs out
+        if self._idle_since is not None and self._creation_request is None \
+                and now >= self._idle_since + self._inactivity:
             # §10: silently end a session nobody polls any more.
             condition = self._doom[0] if self._doom else None
-            self._end(condition, now, close_upstream=self._doom is None)
+            self._end(condition, close_upstream=self._doom is None)
         return self._take()
 
     def shutdown(self, condition: Condition, now: float) -> list[Event]:
@@ -370,8 +419,8 @@ class Session:
                 self._emit(Respond(self._creation_request, render_terminate(condition)))
                 self._creation_request = None
             for rid in self._live_rids():
-                self._answer(rid, render_terminate(condition), cache=False)
-            self._end(condition, now, close_upstream=True)
+                self._answer(rid, _term(condition), (), cache=False)
+            self._end(condition, close_upstream=True)
         return self._take()
 
     def next_deadline(self) -> float | None:
@@ -379,10 +428,17 @@ class Session:
             return None
         candidates = list(self._deadlines.values())
         if self._idle_since is not None and self._creation_request is None:
-            candidates.append(self._idle_since + self.terms.inactivity)
+            candidates.append(self._idle_since + self._inactivity)
         return min(candidates) if candidates else None
 
     # -- internals --------------------------------------------------------------------------
+
+    def _take(self) -> list[Event]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, event: Event) -> None:
+        self._out.append(event)
 
     def _status(self, condition: Condition) -> int:
         # §17.1: legacy HTTP error codes only for clients that sent no 'ver'.
@@ -391,80 +447,170 @@ class Session:
     def _live_rids(self) -> list[int]:
         return [rid for rid, req in self._slots.items() if req is not None]
 
-    def _repeat(self, request: Hashable, rid: int, now: float) -> list[Event]:
+    def _hold(self, request: Hashable, rid: int) -> None:
+        self._slots[rid] = request
+        self._where[request] = rid
+        self._deadlines[rid] = self._now + self.terms.wait
+        self._idle_since = None
+
+    def _repeat(self, request: Hashable, rid: int) -> list[Event]:
         if rid in self._slots:
             old = self._slots[rid]
             if old is not None:
                 # §14.3: answer the older copy with the recoverable error, hold the newer.
                 self._where.pop(old, None)
                 self._emit(Respond(old, render_error()))
-            self._slots[rid] = request
-            self._where[request] = rid
-            self._deadlines[rid] = now + self.terms.wait
-            self._idle_since = None
+            self._hold(request, rid)
             self._enforce_hold()
-            self._flush(now)
+            self._flush()
             return self._take()
-        cached = self._cache.get(rid)
-        if cached is not None:
-            status, data = cached
-            self._emit(Respond(request, data, status))  # §14.3: byte for byte
-            return self._take()
-        return self._fail(request, Condition.ITEM_NOT_FOUND, now)  # §14.3 MUST
+        sent = self._cache.get(rid)
+        if sent is None:
+            return self._fail(request, Condition.ITEM_NOT_FOUND)  # §14.3 MUST
+        sent.repeats += 1
+        if sent.repeats > self.terms.max_repeats:
+            return self._fail(request, Condition.POLICY_VIOLATION)  # §14.3 cap (#61)
+        self._emit(Respond(request, sent.body, sent.status))  # §14.3: byte for byte
+        return self._take()
 
-    def _process(self, request: Hashable, rid: int, body: Body, now: float) -> None:
+
+    def _process(self, request: Hashable, rid: int, body: Body) -> None:
         """Handle the next in-order request: its payload goes upstream now (§8 SHOULD)."""
         self._where.pop(request, None)
         self._last_rid = rid
-        if body.get("type") == "terminate":
-            self._terminate(request, rid, body, now)
+        if not self._check_key(body):
+            self._fail(request, Condition.ITEM_NOT_FOUND)  # §15.4: not processed
             return
-        if parse_bool(body.get("xmpp:restart")):
+        kind = self._kind(body)
+        if kind == "terminate":
+            self._terminate(request, rid, body)
+            return
+        pause = body.get("pause") if self.terms.maxpause else None  # §10 REC: else ignored
+        if kind == "empty" and pause is None and self._too_frequent():
+            self._fail(request, Condition.POLICY_VIOLATION)  # §11/§12
+            return
+        self._last_new = (self._now, kind == "empty")
+        if self.terms.acks:
+            self._drop_acknowledged(body.get("ack"), rid)
+        if kind == "restart":
             # XEP-0206 §5: new stream header on the same connection; stanzas ignored (#121).
             s = self.terms.stream
-            params = StreamParams(
-                to=body.get("to") or s.to,
-                lang=body.get("xml:lang") or s.lang,
-                from_=body.get("from") or s.from_,
-                version=s.version,
-                route=s.route,
-            )
-            self._emit(RestartUpstream(params))
-        elif body.payload:
+            self._emit(RestartUpstream(StreamParams(
+                to=body.get("to") or s.to, lang=body.get("xml:lang") or s.lang,
+                from_=body.get("from") or s.from_, version=s.version, route=s.route)))
+        elif kind == "payload":
             if self.state is State.CONNECTING:
                 self._early.extend(body.payload)
             else:
                 self._emit(SendUpstream(body.payload))
+        self._inactivity = self.terms.inactivity  # §10: a new request ends any pause
+        if pause is not None:
+            self._pause(request, rid, pause)
+            return
+        self._hold(request, rid)
+        if self.terms.acks:
+            self._report(rid, body.get("ack"))
+
+    @staticmethod
+    def _kind(body: Body) -> str:
+        if body.get("type") == "terminate":
+            return "terminate"
+        if parse_bool(body.get("xmpp:restart")):
+            return "restart"
+        return "payload" if body.payload else "empty"
+
+    def _check_key(self, body: Body) -> bool:
+        """§15.4: each key must hash (SHA-1, hex, case-insensitive §15.3) to the previous one."""
+        if self._key is None:
+            return True
+        key = body.get("key")
+        if key is None or hashlib.sha1(key.lower().encode()).hexdigest() != self._key.lower():
+            return False
+        self._key = body.get("newkey") or key  # §15.5: newkey switches to a new chain
+        return True
+
+    def _too_frequent(self) -> bool:
+        """§11 (too many empty requests) and §12 (polling too fast), measured from arrivals.
+
+        Only new, empty requests count; pause, terminate and restart requests never do.
+        """
+        if self._last_new is None or not self.terms.polling:
+            return False  # the first poll after creation is never too fast (§12 REC)
+        last_at, last_empty = self._last_new
+        if self._now - last_at >= self.terms.polling:
+            return False
+        if self.terms.hold == 0:
+            # §12: the previous poll was empty and so was its answer.
+            return last_empty and not self._last_answer_had_payload()
+        return len(self._live_rids()) + 1 >= self.terms.requests  # §11
+
+    def _last_answer_had_payload(self) -> bool:
+        sent = self._cache.get(self._last_rid - 1)
+        return sent is None or sent.had_payload
+
+    def _pause(self, request: Hashable, rid: int, raw: str) -> None:
+        """§10: answer everything now and stretch inactivity to 'pause' for this idle spell."""
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > self.terms.maxpause:
+            self._fail(request, Condition.POLICY_VIOLATION)  # beyond maxpause (checklist Q7)
+            return
+        for live in self._live_rids():
+            self._answer_pending(live)
+        # §10 MUST NOT: no payload in the pause response. §14.3 keeps pause answers out of
+        # the cache; a resend of this rid then gets an empty body (checklist Q4).
         self._slots[rid] = request
         self._where[request] = rid
-        self._deadlines[rid] = now + self.terms.wait
-        self._idle_since = None
-        self._prune_slots()
+        self._answer(rid, None, (), had_payload=False)
+        self._inactivity = int(raw)
 
-    def _terminate(self, request: Hashable, rid: int, body: Body, now: float) -> None:
+    def _drop_acknowledged(self, ack: str | None, rid: int) -> None:
+        """§9.2: the client has every answer up to 'ack' (all earlier ones when absent)."""
+        upto = rid - 1 if ack is None else (int(ack) if ack.isdigit() else 0)
+        while self._cache and next(iter(self._cache)) <= upto:
+            self._cache.popitem(last=False)
+
+    def _report(self, rid: int, ack: str | None) -> None:
+        """§9.2: the client's ack shows it missed an answer we sent: say so at once."""
+        if ack is None or not ack.isdigit():
+            return
+        missed = int(ack) + 1
+        sent = self._cache.get(missed)
+        if sent is None or missed >= rid or not any(r > missed for r in self._cache):
+            return
+        elapsed = min(int((self._now - sent.at) * 1000), 65535)  # unsignedShort (checklist Q6)
+        self._answer(rid, {"report": str(missed), "time": str(elapsed)}, ())
+
+    def _terminate(self, request: Hashable, rid: int, body: Body) -> None:
         """§13: forward the payload, then the oldest open request gets type='terminate'."""
         if body.payload and self.state is State.OPEN:
             self._emit(SendUpstream(body.payload))
         self._slots[rid] = request
         self._where[request] = rid
         live = self._live_rids()
-        self._answer(live[0], render_terminate())
+        self._answer(live[0], {"type": "terminate"}, ())
         for other in live[1:]:
-            self._answer(other, render_body())
-        self._end(None, now, close_upstream=True)
+            self._answer(other, None, ())
+        self._end(None, close_upstream=True)
 
-    def _fail(self, request: Hashable, condition: Condition, now: float) -> list[Event]:
+    def _fail(self, request: Hashable, condition: Condition) -> list[Event]:
         """A terminal error caused by ``request``: others are told other-request (§17.2)."""
         self._where.pop(request, None)
+        for rid, req in list(self._slots.items()):
+            if req == request:
+                del self._slots[rid]
         self._emit(Respond(request, render_terminate(condition), self._status(condition)))
         for rid in self._live_rids():
-            self._answer(rid, render_terminate(Condition.OTHER_REQUEST), cache=False)
-        self._end(condition, now, close_upstream=True)
+            self._answer(rid, _term(Condition.OTHER_REQUEST), (), cache=False)
+        self._end(condition, close_upstream=True)
         return self._take()
 
-    def _end(self, condition: Condition | None, now: float, close_upstream: bool) -> None:
+    def _end(self, condition: Condition | None, close_upstream: bool) -> None:
         for req, _body in self._parked.values():
             self._emit(Respond(req, render_terminate(Condition.OTHER_REQUEST)))
+        if close_upstream and self._pending and self.state is State.OPEN:
+            # XEP-0206 §7: stanzas nobody will read go back to their senders.
+            bounces = tuple(b for b in map(bounce, self._pending) if b is not None)
+            if bounces:
+                self._emit(SendUpstream(bounces))
         self._parked.clear()
         self._where.clear()
         self._slots.clear()
@@ -477,41 +623,43 @@ class Session:
             self._emit(CloseUpstream())
         self._emit(SessionEnded(condition))
 
-    def _answer(self, rid: int, body: bytes, status: int = 200, cache: bool = True) -> None:
-        """Answer the live request holding ``rid``; cache the bytes before they are written
-        so a broken connection can be healed by a resend (§14.3)."""
+    def _answer(self, rid: int, attrs: dict[str, str] | None, payload: Sequence[bytes],
+                status: int = 200, cache: bool = True, had_payload: bool | None = None) -> None:
+        """Answer the live request holding ``rid``. The bytes are cached before they are
+        written, so a broken connection can be healed by a resend (§14.3)."""
         request = self._slots.pop(rid)
         self._deadlines.pop(rid, None)
         assert request is not None
         self._where.pop(request, None)
+        if self.terms.acks and self._last_rid > rid:
+            # §9.1: tell the client which later requests already arrived (#64-#66).
+            attrs = {**(attrs or {}), "ack": str(self._last_rid)}
+        body = render_body(attrs, payload)
         if cache:
-            self._cache[rid] = (status, body)
-            while len(self._cache) > self.terms.requests:
+            self._cache[rid] = _Sent(status, body, self._now,
+                                     bool(payload) if had_payload is None else had_payload)
+            while len(self._cache) > self._cache_limit:
                 self._cache.popitem(last=False)
         self._emit(Respond(request, body, status))
         if self._idle_since is None and not self._live_rids():
             self._idle_since = self._now  # §10: the inactivity clock starts now
         self._prune_slots()
 
-    def _drain_pending(self) -> bytes:
-        if not self._pending:
-            return render_body()
-        body = render_body(None, self._pending)
-        self._pending = []
-        return body
+    def _answer_pending(self, rid: int) -> None:
+        payload, self._pending = self._pending, []
+        self._answer(rid, None, payload)
 
     def _enforce_hold(self) -> None:
         """§8: never hold more than 'hold' requests; the oldest is answered first."""
         live = self._live_rids()
-        excess = len(live) - self.terms.hold
-        for rid in live[:max(excess, 0)]:
-            self._answer(rid, self._drain_pending())
+        for rid in live[:max(len(live) - self.terms.hold, 0)]:
+            self._answer_pending(rid)
 
-    def _flush(self, now: float) -> None:
+    def _flush(self) -> None:
         if self._pending:
             live = self._live_rids()
             if live:
-                self._answer(live[0], self._drain_pending())
+                self._answer_pending(live[0])
 
     def _prune_slots(self) -> None:
         # A slot whose request went away and that the client never resent cannot be
@@ -519,3 +667,7 @@ class Session:
         floor = self._last_rid - self.terms.requests
         for rid in [r for r, req in self._slots.items() if req is None and r <= floor]:
             del self._slots[rid]
+
+
+def _term(condition: Condition) -> dict[str, str]:
+    return {"type": "terminate", "condition": condition.value}

@@ -7,16 +7,21 @@ never form-decoded (§5, checklist #5).
 
 from __future__ import annotations
 
+import gzip
 import html
 import logging
+import zlib
 
 from aiohttp import web
 
 from bosh.config import HttpConfig
 from bosh.driver import Manager, Reply, error_reply
-from bosh.errors import Condition
+from bosh.errors import BoshError, Condition
+from bosh.session import CODINGS
 
 log = logging.getLogger("bosh.web")
+
+_MIN_COMPRESS = 256  # bytes; smaller bodies are not worth the CPU
 
 MANAGER_KEY = web.AppKey("manager", Manager)
 CONFIG_KEY = web.AppKey("http_config", HttpConfig)
@@ -49,11 +54,41 @@ def _cors_headers(request: web.Request, cfg: HttpConfig) -> dict[str, str]:
     return headers
 
 
+def _accepted_coding(request: web.Request, reply: Reply) -> str | None:
+    """§5/§7.1: compress only with a coding both the session's 'accept' attribute and the
+    request's Accept-Encoding header allow (checklist #4)."""
+    if not reply.codings or len(reply.body) < _MIN_COMPRESS:
+        return None
+    header = request.headers.get("Accept-Encoding", "")
+    offered = {part.split(";")[0].strip().lower() for part in header.split(",")}
+    return next((c for c in reply.codings if c in offered), None)
+
+
 def _response(request: web.Request, reply: Reply) -> web.Response:
     headers = _cors_headers(request, request.app[CONFIG_KEY])
     headers["Content-Type"] = reply.content_type
     headers["Cache-Control"] = "no-store"
-    return web.Response(status=reply.status, body=reply.body, headers=headers)
+    body = reply.body
+    coding = _accepted_coding(request, reply)
+    if coding is not None:
+        body = gzip.compress(body, 6) if coding == "gzip" else zlib.compress(body, 6)
+        headers["Content-Encoding"] = coding
+        headers["Vary"] = "Accept-Encoding" if "Vary" not in headers else "Origin, Accept-Encoding"
+    # A complete body: aiohttp sends Content-Length, never chunked (§5, checklist #3).
+    return web.Response(status=reply.status, body=body, headers=headers)
+
+
+def _decode(data: bytes, coding: str, limit: int) -> bytes:
+    """Undo a request Content-Encoding we advertised in 'accept' (§7.2), bounded by the
+    body size limit so a compression bomb costs nothing."""
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    out = inflater.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise BoshError(Condition.POLICY_VIOLATION, "decoded body too large")
+    if not inflater.eof:
+        raise BoshError(Condition.BAD_REQUEST, "truncated compressed body")
+    return out
 
 
 async def handle_post(request: web.Request) -> web.Response:
@@ -66,6 +101,16 @@ async def handle_post(request: web.Request) -> web.Response:
     data = await request.content.read(cfg.max_body_bytes + 1)
     if len(data) > cfg.max_body_bytes:
         return _response(request, error_reply(Condition.POLICY_VIOLATION))
+    coding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding != "identity":
+        if coding not in CODINGS:
+            return _response(request, error_reply(Condition.BAD_REQUEST))
+        try:
+            data = _decode(data, coding, cfg.max_body_bytes)
+        except BoshError as exc:
+            return _response(request, error_reply(exc.condition))
+        except zlib.error:
+            return _response(request, error_reply(Condition.BAD_REQUEST))
     transport = request.transport
 
     def is_closing() -> bool:

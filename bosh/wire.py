@@ -69,6 +69,18 @@ def parse_rid(value: str | None) -> int | None:
     return rid if 0 < rid <= MAX_RID else None
 
 
+def parse_route(raw: str) -> tuple[str, int] | None:
+    """Split 'proto:host:port' (§7.1: not a URI): proto at the first ':', port at the last."""
+    proto, sep, rest = raw.partition(":")
+    host, sep2, port_s = rest.rpartition(":")
+    if not (proto and sep and sep2 and host and port_s.isascii() and port_s.isdigit()):
+        return None
+    port = int(port_s)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # xmpp:[2001:db8::1]:5222
+    return (host.lower(), port) if 0 < port < 65536 else None
+
+
 def parse_bool(value: str | None) -> bool:
     """XML Schema boolean: 'true'/'1' are true (XEP-0206 §5 and the XSF boolean note)."""
     return value in ("true", "1")
@@ -215,3 +227,38 @@ def render_terminate(condition: Condition | None = None, payload: Sequence[bytes
 def render_error() -> bytes:
     """The recoverable binding error of XEP-0124 §17.3."""
     return render_body({"type": "error"})
+
+
+_STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+_BOUNCE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+def bounce(stanza: bytes) -> ClientElement | None:
+    """The error reply for a stanza the client will never receive (XEP-0206 §7).
+
+    A message gets recipient-unavailable, an iq get/set service-unavailable; presence and
+    stanzas that are already errors get nothing (RFC 6120 §8.3.1).
+    """
+    try:
+        elem = etree.fromstring(stanza, _BOUNCE_PARSER)
+    except etree.XMLSyntaxError:
+        return None  # e.g. a stream:-prefixed element: not a stanza
+    ns, name = _split(elem.tag)
+    kind = elem.get("type")
+    if ns != NS_CLIENT or kind == "error" or elem.get("from") is None:
+        return None
+    if name == "message":
+        error_type, condition = "wait", "recipient-unavailable"
+    elif name == "iq" and kind in ("get", "set"):
+        error_type, condition = "cancel", "service-unavailable"
+    else:
+        return None
+    reply = etree.Element(f"{{{NS_CLIENT}}}{name}", nsmap={None: NS_CLIENT})
+    reply.set("to", elem.get("from", ""))
+    reply.set("type", "error")
+    if elem.get("id") is not None:
+        reply.set("id", elem.get("id", ""))
+    error = etree.SubElement(reply, f"{{{NS_CLIENT}}}error")
+    error.set("type", error_type)
+    etree.SubElement(error, f"{{{_STANZAS_NS}}}{condition}", nsmap={None: _STANZAS_NS})
+    return ClientElement(NS_CLIENT, name, etree.tostring(reply, encoding="utf-8"))
