@@ -108,6 +108,7 @@ class BoshCM:
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None:
                 self._reader.join(2)
+                self._close_pipe(self.proc)
                 raise BoshCMError(f"bosh-cm exited with {self.proc.returncode} during startup\n"
                                   + self.log_tail())
             if time.monotonic() > deadline:
@@ -141,7 +142,16 @@ class BoshCM:
                 proc.wait()
         if self._reader is not None:
             self._reader.join(2)
+        self._close_pipe(proc)
         return proc.returncode
+
+    @staticmethod
+    def _close_pipe(proc: subprocess.Popen[bytes]) -> None:
+        if proc.stdout is not None and not proc.stdout.closed:
+            try:
+                proc.stdout.close()
+            except OSError:
+                pass
 
     @property
     def running(self) -> bool:
