@@ -18,7 +18,7 @@ from bosh.errors import BoshError, Condition
 from bosh.ports import StreamInfo, Upstream, UpstreamFactory
 from bosh.registry import Registry
 from bosh.session import (
-    DEFAULT_CONTENT, CloseUpstream, Event, Limits, OpenUpstream, Respond, RestartUpstream,
+    DEFAULT_CONTENT, CloseUpstream, Event, FlowControl, Limits, OpenUpstream, Respond, RestartUpstream,
     SendUpstream, Session, SessionEnded, Terms, negotiate,
 )
 
@@ -207,6 +207,12 @@ class SessionDriver:
             elif isinstance(ev, CloseUpstream):
                 if self.upstream is not None:
                     self.upstream.close()
+            elif isinstance(ev, FlowControl):
+                if self.upstream is not None:
+                    if ev.paused:
+                        self.upstream.pause_reading()
+                    else:
+                        self.upstream.resume_reading()
             elif isinstance(ev, SessionEnded):
                 self._ended(ev)
         self._arm()

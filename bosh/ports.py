@@ -94,6 +94,12 @@ class Upstream(Protocol):
         Does not call ``upstream_closed``.
         """
 
+    def pause_reading(self) -> None:
+        """Stop reading from the server (the session's queue is full); idempotent."""
+
+    def resume_reading(self) -> None:
+        """Read from the server again; idempotent."""
+
 
 class UpstreamFactory(Protocol):
     """Opens upstream streams. ``open`` returns at once; progress arrives via the listener."""

@@ -73,11 +73,20 @@ class CloseUpstream:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowControl:
+    """Pause (``paused=True``) or resume reading from the server: the queue for a client
+    that does not poll must not grow without bound."""
+
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SessionEnded:
     condition: Condition | None
 
 
-Event = Union[Respond, OpenUpstream, SendUpstream, RestartUpstream, CloseUpstream, SessionEnded]
+Event = Union[Respond, OpenUpstream, SendUpstream, RestartUpstream, CloseUpstream, FlowControl,
+              SessionEnded]
 
 
 class State(enum.Enum):
@@ -101,6 +110,7 @@ class Limits:
     max_pause: int = 0                                  # 0: pausing not offered (§10)
     routes: frozenset[tuple[str, int]] = frozenset()   # allow-listed 'route' targets
     max_repeats: int = 10                               # resends of one rid (§14.3 MAY cap)
+    max_queued_bytes: int = 1_048_576                   # upstream reading pauses above this
 
 
 # Content codings we can decode in requests and use for responses (§7.1/§7.2 'accept').
@@ -125,6 +135,7 @@ class Terms:
     accept: tuple[str, ...] = ()       # §7.1: codings the client can decode in responses
     newkey: str | None = None          # §15: first key of the client's key sequence
     max_repeats: int = 10              # §14.3: resends of one rid before policy-violation
+    max_queued_bytes: int = 1_048_576  # queued server data that pauses upstream reading
 
     @property
     def legacy(self) -> bool:
@@ -192,6 +203,7 @@ def negotiate(body: Body, limits: Limits, domains: frozenset[str]) -> Terms:
         accept=accept,
         newkey=body.get("newkey"),
         max_repeats=limits.max_repeats,
+        max_queued_bytes=limits.max_queued_bytes,
     )
 
 
@@ -240,6 +252,8 @@ class Session:
         # With acks the cache keeps every unacknowledged answer (§9.2), within a bound.
         self._cache_limit = max(terms.requests, 32) if terms.acks else terms.requests
         self._pending: list[bytes] = []                   # from upstream, not yet delivered
+        self._pending_bytes = 0
+        self._paused = False                              # upstream reading paused (FlowControl)
         self._early: list[ClientElement] = []             # from the client before upstream ready
         self._doom: tuple[Condition, bytes] | None = None
         self._idle_since: float | None = None             # None while a request is held
@@ -304,8 +318,17 @@ class Session:
         self._now = now
         if self.state is State.OPEN:
             self._pending.extend(elements)
+            self._pending_bytes += sum(map(len, elements))
             self._flush()
+            if not self._paused and self._pending_bytes > self.terms.max_queued_bytes:
+                self._paused = True
+                self._emit(FlowControl(paused=True))
         return self._take()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Server data waiting for a client request."""
+        return self._pending_bytes
 
     def upstream_closed(self, condition: Condition, stream_error: bytes | None, now: float) -> list[Event]:
         """The upstream stream ended: tell the client at once (XEP-0124 §17.2, XEP-0206 §6)."""
@@ -314,6 +337,7 @@ class Session:
             return self._take()
         payload = list(self._pending)
         self._pending.clear()
+        self._pending_bytes = 0
         if stream_error is not None:
             payload.append(stream_error)  # §17.2/0206 §6: stanzas first, then the error
         if self.state is State.CONNECTING:
@@ -647,7 +671,11 @@ class Session:
 
     def _answer_pending(self, rid: int) -> None:
         payload, self._pending = self._pending, []
+        self._pending_bytes = 0
         self._answer(rid, None, payload)
+        if self._paused and self.state is not State.ENDED:
+            self._paused = False
+            self._emit(FlowControl(paused=False))
 
     def _enforce_hold(self) -> None:
         """§8: never hold more than 'hold' requests; the oldest is answered first."""
