@@ -26,7 +26,7 @@ import enum
 import logging
 import ssl
 import xml.etree.ElementTree as ET
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, cast
 
 from slixmpp.xmlstream import XMLStream
 from slixmpp.xmlstream.handler import Callback
@@ -113,7 +113,7 @@ class _State(enum.Enum):
     CLOSED = "closed"                  # ended or shut down: no more callbacks
 
 
-class BridgeStream(XMLStream):  # type: ignore[misc]
+class BridgeStream(XMLStream):
     """One raw XMPP client stream to a server, owned by one upstream.
 
     :param owner: receives the callbacks (see :class:`StreamOwner`).
@@ -201,7 +201,8 @@ class BridgeStream(XMLStream):  # type: ignore[misc]
         end_reason: str | None = None
         try:
             self.parser.feed(data)
-            for event, xml in self.parser.read_events():
+            for event, item in self.parser.read_events():  # type: ignore[misc]  # slixmpp types
+                xml = cast(ET.Element, item)  # only "start"/"end" events were requested
                 if event == "start":
                     if self.xml_depth == 0:
                         if xml.tag != _STREAM_TAG:
@@ -210,7 +211,7 @@ class BridgeStream(XMLStream):  # type: ignore[misc]
                             break
                         self.xml_root = xml
                         self.start_stream_handler(xml)
-                        if self._state is _State.CLOSED:
+                        if self._ended():
                             break
                     self.xml_depth += 1
                 else:
@@ -225,7 +226,7 @@ class BridgeStream(XMLStream):  # type: ignore[misc]
                         self._spawn_event(xml)
                         if self.xml_root is not None:
                             self.xml_root.clear()  # keep the root from growing
-                        if self._stop_reading or self._state is _State.CLOSED:
+                        if self._stop_reading or self._ended():
                             break
         except ET.ParseError as exc:
             # Never log the data: it may be a SASL exchange.
@@ -234,7 +235,7 @@ class BridgeStream(XMLStream):  # type: ignore[misc]
             self._batch = None
         if batch and self._state is _State.OPEN:
             self._deliver(batch)
-        if end_reason is not None and self._state is not _State.CLOSED:
+        if end_reason is not None and not self._ended():
             self._end(None, end_reason)
 
     def connection_made(self, transport: asyncio.BaseTransport,
@@ -309,7 +310,9 @@ class BridgeStream(XMLStream):  # type: ignore[misc]
     def _go_open(self, features: ET.Element | None) -> None:
         self._state = _State.OPEN
         if self._keepalive > 0:
-            self.schedule(_KEEPALIVE_EVENT, self._keepalive, self._send_keepalive, repeat=True)
+            # slixmpp annotates seconds as int; loop.call_later underneath takes a float.
+            self.schedule(_KEEPALIVE_EVENT, self._keepalive,  # type: ignore[arg-type]
+                          self._send_keepalive, repeat=True)
         try:
             self._owner.stream_ready(dict(self.server_header), features)
         except Exception as exc:
@@ -429,6 +432,11 @@ class BridgeStream(XMLStream):  # type: ignore[misc]
             return  # our own shutdown, or already reported: slixmpp may fire twice
         detail = f": {reason}" if isinstance(reason, BaseException) else ""
         self._end(None, f"connection to the server lost{detail}")
+
+    def _ended(self) -> bool:
+        # A method rather than an inline comparison: callbacks change the state under the
+        # caller's feet, which static narrowing cannot see.
+        return self._state is _State.CLOSED
 
     def _end(self, error: ET.Element | None, reason: str) -> None:
         if self._state is _State.CLOSED:

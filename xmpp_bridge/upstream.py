@@ -115,6 +115,11 @@ class XmppUpstream:
         matches what servers do with unknown extensions.
         """
         if self._state is not _State.OPEN:
+            if elements and self._state is _State.CONNECTING:
+                # The session answers the creation request only after upstream_ready, so a
+                # client cannot legitimately send before; say so rather than lose silently.
+                log.info("dropped %d client element(s) for %s: stream not open yet",
+                         len(elements), self._params.to)
             return
         for element in elements:
             if allowed_upstream(element.namespace, element.name):

@@ -6,16 +6,17 @@ import asyncio
 import re
 import socket
 import time
+from typing import Sequence
 
 import pytest
 from lxml import etree
 
 from bosh.config import UpstreamConfig
 from bosh.errors import Condition
-from bosh.ports import ClientElement, StreamParams
+from bosh.ports import ClientElement, StreamInfo, StreamParams
 from xmpp_bridge.upstream import XmppUpstream, XmppUpstreamFactory
 
-from conftest import (FEATURES_SASL, FEATURES_SASL_WITH_STARTTLS, FEATURES_TLS, HEADER_RE,
+from bridge_fakes import (FEATURES_SASL, FEATURES_SASL_WITH_STARTTLS, FEATURES_TLS, HEADER_RE,
                       SERVER_HEADER, WAIT, Cert, FakeServer, RecordingListener, ServerConn)
 
 PARAMS = StreamParams(to="localhost", lang="en", version="1.0")
@@ -218,7 +219,7 @@ async def test_listener_exception_does_not_kill_stream(server: FakeServer,
     original = listener.upstream_elements
     fail = [True]
 
-    def flaky(elements: list[bytes]) -> None:
+    def flaky(elements: Sequence[bytes]) -> None:
         if fail[0]:
             fail[0] = False
             raise RuntimeError("bug in the session")
@@ -405,3 +406,89 @@ async def test_factory_shares_one_ssl_context(server: FakeServer, cert: Cert) ->
     assert up_a._stream.ssl_context is up_b._stream.ssl_context is factory.ssl_context
     up_a.close()
     up_b.close()
+
+
+# -- negotiation edge cases -----------------------------------------------------------------
+
+async def test_pre_xmpp_1_0_server_without_version(server: FakeServer,
+                                                   listener: RecordingListener) -> None:
+    """RFC 6120 §4.7.5: no 'version' on the server header -> no features will come."""
+    upstream = XmppUpstreamFactory(plain_config(server)).open(PARAMS, listener)
+    conn = await server.accept()
+    await conn.expect(HEADER_RE)
+    conn.send(SERVER_HEADER.format(id="old").replace("' version='1.0'", "'"))
+    info, features = await listener.wait_ready()
+    assert (info.id, info.version, features) == ("old", None, b"")
+    upstream.close()
+
+
+async def test_pre_xmpp_1_0_server_refused_when_tls_required(
+        server: FakeServer, listener: RecordingListener, cert: Cert) -> None:
+    XmppUpstreamFactory(tls_config(server, cert)).open(PARAMS, listener)
+    conn = await server.accept()
+    await conn.expect(HEADER_RE)
+    conn.send(SERVER_HEADER.format(id="old").replace("' version='1.0'", "'"))
+    assert await listener.wait_closed() == (Condition.REMOTE_CONNECTION_FAILED, None)
+
+
+async def test_stream_error_before_features(server: FakeServer,
+                                            listener: RecordingListener) -> None:
+    """A stream error during negotiation is still remote-stream-error (host-unknown etc.)."""
+    XmppUpstreamFactory(plain_config(server)).open(PARAMS, listener)
+    conn = await server.accept()
+    await conn.open_stream("e", "<stream:error><host-unknown "
+                                "xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+    condition, error = await listener.wait_closed()
+    assert condition is Condition.REMOTE_STREAM_ERROR
+    assert error is not None and b"host-unknown" in error
+    assert not listener.ready.done()
+
+
+async def test_non_xmpp_server(server: FakeServer, listener: RecordingListener) -> None:
+    XmppUpstreamFactory(plain_config(server)).open(PARAMS, listener)
+    conn = await server.accept()
+    await conn.expect(HEADER_RE)
+    conn.send("<html><body>not xmpp</body></html>")
+    assert await listener.wait_closed() == (Condition.REMOTE_CONNECTION_FAILED, None)
+
+
+# -- hooks and hygiene ------------------------------------------------------------------------
+
+async def test_pause_and_resume_reading(server: FakeServer, listener: RecordingListener) -> None:
+    upstream, conn = await open_plain(server, listener)
+    transport = upstream._stream.transport
+    assert transport is not None and transport.is_reading()
+    upstream.pause_reading()
+    assert not transport.is_reading()
+    conn.send("<message/>")
+    upstream.resume_reading()
+    assert transport.is_reading()
+    assert await listener.wait_elements(1) == [b'<message xmlns="jabber:client"/>']
+    upstream.close()
+
+
+async def test_listener_errors_are_counted(server: FakeServer) -> None:
+    class Broken(RecordingListener):
+        def upstream_ready(self, info: StreamInfo, features: bytes) -> None:
+            super().upstream_ready(info, features)
+            raise RuntimeError("session bug")
+
+    broken = Broken()
+    factory = XmppUpstreamFactory(plain_config(server))
+    upstream = factory.open(PARAMS, broken)
+    conn = await server.accept()
+    await conn.open_stream("x", FEATURES_SASL)
+    await broken.wait_ready()
+    upstream.send([ClientElement("jabber:client", "presence", b"<presence/>")])
+    await conn.expect(b"<presence/>")  # the stream is open although the listener raised
+    assert factory.stats.listener_errors == 1
+    upstream.close()
+
+
+def test_slixmpp_logger_kept_at_info_or_above() -> None:
+    """Design §5/§9: slixmpp's DEBUG output contains SASL payloads (passwords)."""
+    import logging
+
+    import xmpp_bridge.stream  # noqa: F401  (pins the level on import)
+
+    assert logging.getLogger("slixmpp").getEffectiveLevel() >= logging.INFO
