@@ -29,9 +29,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `pytest` run without `python -m`: make `tests.support` importable
     sys.path.insert(0, str(_ROOT))
 
-from tests.support.prosody import ProsodyServer, prosody_available  # noqa: E402
-
-USERS: dict[str, str] = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
+from tests.support.prosody import USERS, ProsodyServer, prosody_available  # noqa: E402
 
 # label -> a started ProsodyServer/BoshCM; their logs are attached to failing test reports
 _LIVE: dict[str, object] = {}

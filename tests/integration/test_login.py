@@ -10,7 +10,7 @@ import secrets
 
 import pytest
 
-from tests.conftest import USERS
+from tests.support.prosody import USERS
 from tests.support.boshclient import (NS_BIND, NS_CLIENT, BoshClient, SaslFailure, is_presence)
 
 pytestmark = pytest.mark.integration

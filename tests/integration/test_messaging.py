@@ -9,7 +9,7 @@ import secrets
 
 import pytest
 
-from tests.conftest import USERS
+from tests.support.prosody import USERS
 from tests.support.boshclient import BoshClient, is_message
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import USERS
+from tests.support.prosody import USERS
 from tests.support.boshclient import NS_STREAM, BoshClient, BoshTerminated, is_presence
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["ProsodyServer", "ProsodyError", "prosody_available", "free_port"]
+__all__ = ["ProsodyServer", "ProsodyError", "prosody_available", "free_port", "USERS"]
+
+#: The accounts the shared ``prosody`` test fixture creates (user -> password).
+USERS: dict[str, str] = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
 
 
 class ProsodyError(RuntimeError):
