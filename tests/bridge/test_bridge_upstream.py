@@ -14,6 +14,7 @@ from lxml import etree
 from bosh.config import UpstreamConfig
 from bosh.errors import Condition
 from bosh.ports import ClientElement, StreamInfo, StreamParams
+from xmpp_bridge.stream import TLS_READ_BUFFER
 from xmpp_bridge.upstream import XmppUpstream, XmppUpstreamFactory
 
 from bridge_fakes import (FEATURES_SASL, FEATURES_SASL_WITH_STARTTLS, FEATURES_TLS, HEADER_RE,
@@ -342,6 +343,9 @@ async def test_starttls_then_ready_with_post_tls_header(
     conn.send(SERVER_HEADER.format(id="post-tls") + FEATURES_SASL_WITH_STARTTLS)
     info, features = await listener.wait_ready()
     assert info.id == "post-tls"
+    # Design §5: the TLS layer uses the small read buffer, not asyncio's 256 KiB.
+    ssl_protocol = upstream._stream.transport._ssl_protocol  # type: ignore[union-attr]
+    assert ssl_protocol.max_size == TLS_READ_BUFFER
     assert b"starttls" not in features and b"-PLUS" not in features
     # And stanzas flow over TLS.
     upstream.send([ClientElement("jabber:client", "presence", b"<presence/>")])
