@@ -1,0 +1,145 @@
+"""A fake ``bosh.ports.UpstreamFactory`` for driver and web tests (design §8 rule 7: fake only
+the edges). It records what the session sends and lets the test play the server by calling
+the listener: ``upstream_ready``, ``upstream_elements``, ``upstream_closed``.
+
+Imported as ``tests.driver._fakes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence, TypeVar
+
+from bosh.errors import Condition
+from bosh.ports import NS_HTTPBIND, NS_XBOSH, ClientElement, StreamInfo, StreamParams, UpstreamListener
+
+NS = NS_HTTPBIND
+XB = NS_XBOSH
+FEATURES = (b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+            b"<mechanism>PLAIN</mechanism></mechanisms></stream:features>")
+INFO = StreamInfo(from_="example.com", id="s1", version="1.0")
+DEADLINE = 3.0  # seconds any single await in these tests may take
+
+T = TypeVar("T")
+
+
+@dataclass
+class FakeUpstream:
+    params: StreamParams
+    listener: UpstreamListener
+    sent: list[ClientElement] = field(default_factory=list)
+    restarts: list[StreamParams] = field(default_factory=list)
+    closed: int = 0
+    paused: bool = False
+    closed_event: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_event: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_send: bool = False
+
+    # -- bosh.ports.Upstream --
+    def send(self, elements: Sequence[ClientElement]) -> None:
+        if self.fail_send:
+            raise RuntimeError("injected upstream failure")
+        self.sent.extend(elements)
+        self.sent_event.set()
+
+    def restart(self, params: StreamParams) -> None:
+        self.restarts.append(params)
+
+    def close(self) -> None:
+        self.closed += 1
+        self.closed_event.set()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    # -- playing the server --
+    def ready(self, info: StreamInfo = INFO, features: bytes = FEATURES) -> None:
+        self.listener.upstream_ready(info, features)
+
+    def deliver(self, *elements: bytes) -> None:
+        self.listener.upstream_elements(list(elements))
+
+    def lose(self, condition: Condition = Condition.REMOTE_CONNECTION_FAILED,
+             stream_error: bytes | None = None) -> None:
+        self.listener.upstream_closed(condition, stream_error)
+
+    @property
+    def sent_data(self) -> list[bytes]:
+        return [e.data for e in self.sent]
+
+
+class FakeUpstreamFactory:
+    """Implements ``bosh.ports.UpstreamFactory``; ``open`` returns at once."""
+
+    def __init__(self) -> None:
+        self.opened: list[FakeUpstream] = []
+        self._opened_event = asyncio.Event()
+
+    def open(self, params: StreamParams, listener: UpstreamListener) -> FakeUpstream:
+        up = FakeUpstream(params, listener)
+        self.opened.append(up)
+        self._opened_event.set()
+        return up
+
+    async def next_open(self, count: int) -> FakeUpstream:
+        """The ``count``-th upstream opened (1-based), waiting for it with a deadline."""
+        async def wait() -> FakeUpstream:
+            while len(self.opened) < count:
+                self._opened_event.clear()
+                await self._opened_event.wait()
+            return self.opened[count - 1]
+        return await asyncio.wait_for(wait(), DEADLINE)
+
+
+class Closing:
+    """An ``is_closing`` callable the test can flip, like a transport that went away."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self) -> bool:
+        return self.closed
+
+
+def never_closing() -> bool:
+    return False
+
+
+async def until(predicate: Callable[[], bool], rounds: int = 200) -> None:
+    """Let other tasks run (without sleeping for time) until ``predicate`` holds."""
+    for _ in range(rounds):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not reached")
+
+
+async def within(aw: Awaitable[T], timeout: float = DEADLINE) -> T:
+    return await asyncio.wait_for(aw, timeout)
+
+
+def create_body(**over: str | None) -> bytes:
+    attrs: dict[str, str | None] = {"rid": "1000", "to": "example.com", "xml:lang": "en",
+                                    "ver": "1.11", "wait": "5", "hold": "1", "xmpp:version": "1.0"}
+    attrs.update(over)
+    parts = [f"<body xmlns='{NS}' xmlns:xmpp='{XB}'"]
+    parts += [f" {k}='{v}'" for k, v in attrs.items() if v is not None]
+    return ("".join(parts) + "/>").encode()
+
+
+def req_body(sid: str, rid: int, payload: str = "", **attrs: str) -> bytes:
+    extra = "".join(f" {k.replace('xmpp_', 'xmpp:').replace('xml_', 'xml:')}='{v}'"
+                    for k, v in attrs.items())
+    head = f"<body xmlns='{NS}' xmlns:xmpp='{XB}' sid='{sid}' rid='{rid}'{extra}"
+    return (head + (f">{payload}</body>" if payload else "/>")).encode()
+
+
+def sid_of(body: bytes) -> str:
+    m = re.search(rb"sid='([^']+)'", body)
+    assert m, body
+    return m.group(1).decode()
