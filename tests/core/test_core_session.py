@@ -451,3 +451,85 @@ def test_events_are_frozen() -> None:
     with pytest.raises(Exception):
         ev.body = b"y"  # type: ignore[misc]
     assert Limits().max_hold == 1
+
+
+# -- overactivity, polling and repeat caps: §11, §12, §14.3 --------------------------------
+
+LOST_FAIL_EVENTS = ("BUG: Session._process calls self._fail(...) (policy-violation §11/§12, key "
+                    "mismatch §15.4; also via _pause) and discards the events _fail() already took "
+                    "with _take(): the session goes ENDED but no Respond, CloseUpstream or "
+                    "SessionEnded is emitted, so the request is never answered")
+
+@pytest.mark.xfail(strict=True, reason=LOST_FAIL_EVENTS)
+def test_two_empty_requests_faster_than_polling_are_policy_violation() -> None:
+    """§11 SHOULD (checklist #81): 'requests' new empty requests unanswered and the last two
+    less than 'polling' apart → policy-violation; the held one gets other-request."""
+    s = open_session()  # hold=1, requests=2, polling=2
+    s.receive("r1", req("SID", N + 1), now=1.0)
+    out = s.receive("r2", req("SID", N + 2), now=1.2)
+    assert is_terminate(answer_for(out, "r2").body, "policy-violation")
+    assert is_terminate(answer_for(out, "r1").body, "other-request")
+    assert s.state is State.ENDED
+
+
+def test_first_poll_after_an_answered_request_is_not_overactivity() -> None:
+    """§11 control (checklist #81): N+1 was answered by data before N+2 arrived."""
+    s = open_session()
+    s.receive("r1", req("SID", N + 1), now=1.0)
+    s.upstream_elements([MSG_A], now=1.1)
+    out = s.receive("r2", req("SID", N + 2), now=1.2)
+    assert responses(out) == [] and s.state is State.OPEN
+
+
+@pytest.mark.xfail(strict=True, reason=LOST_FAIL_EVENTS)
+def test_polling_too_fast_on_a_polling_session_is_policy_violation() -> None:
+    """§12 SHOULD (checklist #85): two empty polls < 'polling' apart, the first answer empty."""
+    s = open_session(wait="0", hold="0")
+    s.receive("r1", req("SID", N + 1), now=1.0)
+    out = s.receive("r2", req("SID", N + 2), now=1.3)
+    assert is_terminate(answer_for(out, "r2").body, "policy-violation")
+
+
+def test_polling_at_the_advertised_rate_is_fine() -> None:
+    """§12 control (checklist #85): N+2 sent 2.5 s later."""
+    s = open_session(wait="0", hold="0")
+    s.receive("r1", req("SID", N + 1), now=1.0)
+    out = s.receive("r2", req("SID", N + 2), now=3.5)
+    assert is_empty_body(answer_for(out, "r2").body) and s.state is State.OPEN
+
+
+def test_too_many_resends_of_one_rid_are_policy_violation() -> None:
+    """§14.3 MAY + SHOULD (checklist #61): over the cap → policy-violation, then DEAD."""
+    limits = Limits(max_wait=10, max_inactivity=4, max_hold=1, polling=2, max_repeats=3)
+    s, _ = new_session(now=0.0, limits=limits)
+    s.receive("r1", req("SID", N + 1, msg("M")), now=1.0)
+    s.upstream_elements([MSG_A], now=1.1)
+    for i in range(3):
+        out = s.receive(f"again{i}", req("SID", N + 1, msg("M")), now=1.2 + i / 10)
+        assert parse(answer_for(out, f"again{i}").body)[0][0].text == "A"
+    out = s.receive("again3", req("SID", N + 1, msg("M")), now=1.6)
+    assert is_terminate(answer_for(out, "again3").body, "policy-violation")
+    assert s.state is State.ENDED
+
+
+@pytest.mark.xfail(strict=True, reason=LOST_FAIL_EVENTS)
+def test_key_sequence_mismatch_is_item_not_found_and_nothing_goes_upstream() -> None:
+    """§15.4 MUST when checking (checklist #115): wrong key → not processed, item-not-found."""
+    import hashlib
+
+    k1 = "a" * 40
+    k2 = hashlib.sha1(k1.encode()).hexdigest()
+    s, _ = new_session(now=0.0, newkey=k2)
+    ok = s.receive("r1", req("SID", N + 1, key=k1), now=1.0)
+    assert responses(ok) == [] and s.state is State.OPEN
+    out = s.receive("r2", req("SID", N + 2, msg("x"), key=k1), now=4.0)
+    assert is_terminate(answer_for(out, "r2").body, "item-not-found")
+    assert sent(out) == [] and isinstance(out[-1], SessionEnded)
+
+
+def test_fail_inside_process_leaves_the_session_ended() -> None:
+    """Documents the state after the §11 check fires (see LOST_FAIL_EVENTS)."""
+    s = open_session()
+    s.receive("r1", req("SID", N + 1), now=1.0)
+    s.receive("r2", req("SID", N + 2), now=1.2)
+    assert s.state is State.ENDED

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence, TypeVar
 
 from bosh.errors import Condition
+from bosh.session import Limits
 from bosh.ports import NS_HTTPBIND, NS_XBOSH, ClientElement, StreamInfo, StreamParams, UpstreamListener
 
 NS = NS_HTTPBIND
@@ -20,9 +21,13 @@ XB = NS_XBOSH
 FEATURES = (b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
             b"<mechanism>PLAIN</mechanism></mechanisms></stream:features>")
 INFO = StreamInfo(from_="example.com", id="s1", version="1.0")
+PATH = "/http-bind"  # the BOSH endpoint path in the web tests
 DEADLINE = 3.0  # seconds any single await in these tests may take
 
 T = TypeVar("T")
+
+# max_wait 1 s keeps the timer tests short; inactivity is long so it never interferes.
+TEST_LIMITS = Limits(max_wait=1, max_inactivity=30, max_hold=1, polling=2)
 
 
 @dataclass

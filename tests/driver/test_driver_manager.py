@@ -15,7 +15,7 @@ from bosh.driver import Manager, Reply
 from bosh.errors import Condition
 from bosh.ports import NS_STREAM
 from tests.driver._fakes import (
-    Closing, FakeUpstream, FakeUpstreamFactory, NS, XB, create_body, never_closing, req_body,
+    TEST_LIMITS, Closing, FakeUpstream, FakeUpstreamFactory, NS, XB, create_body, never_closing, req_body,
     sid_of, until, within,
 )
 
@@ -302,9 +302,7 @@ async def test_core_exception_becomes_internal_server_error(
 
 async def test_session_limit_refuses_with_policy_violation(fake: FakeUpstreamFactory) -> None:
     """Design §9: cap on sessions in total."""
-    from tests.driver.conftest import DRIVER_LIMITS
-
-    m = Manager(DRIVER_LIMITS, ["example.com"], 1, fake)
+    m = Manager(TEST_LIMITS, ["example.com"], 1, fake)
     await create(m, fake)
     reply = await within(m.handle(create_body(), never_closing))
     assert is_terminate(reply, "policy-violation")

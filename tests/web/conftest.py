@@ -7,12 +7,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bosh.config import HttpConfig
 from bosh.driver import Manager
-from bosh.session import Limits
 from bosh.web import make_app
-from tests.driver._fakes import FakeUpstreamFactory
-
-WEB_LIMITS = Limits(max_wait=1, max_inactivity=30, max_hold=1, polling=2)
-PATH = "/http-bind"
+from tests.driver._fakes import PATH, TEST_LIMITS, FakeUpstreamFactory
 
 
 @pytest.fixture
@@ -26,7 +22,7 @@ async def make_client(fake: FakeUpstreamFactory) -> AsyncIterator[Callable[..., 
     made: list[tuple[TestClient, Manager]] = []
 
     async def factory(**cfg: object) -> TestClient:
-        manager = Manager(WEB_LIMITS, ["example.com"], 100, fake)
+        manager = Manager(TEST_LIMITS, ["example.com"], 100, fake)
         client = TestClient(TestServer(make_app(manager, HttpConfig(path=PATH, **cfg))))  # type: ignore[arg-type]
         await client.start_server()
         made.append((client, manager))

@@ -13,9 +13,8 @@ from aiohttp.test_utils import TestClient
 from lxml import etree
 
 from tests.driver._fakes import (
-    FakeUpstream, FakeUpstreamFactory, NS, create_body, req_body, sid_of, until, within,
+    PATH, FakeUpstream, FakeUpstreamFactory, NS, create_body, req_body, sid_of, until, within,
 )
-from tests.web.conftest import PATH
 
 XML = "text/xml; charset=utf-8"
 MSG = b"<message xmlns='jabber:client' to='a@example.com'><body>hi</body></message>"
@@ -206,9 +205,6 @@ async def test_chunked_body_larger_than_max_body_bytes_is_policy_violation(
     assert resp.status == 200 and parse(body).get("condition") == "policy-violation"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: web.handle_post reads the body with "
-                   "request.content.read(max_body_bytes + 1), which returns only the bytes buffered "
-                   "so far; a 600 KB body is truncated and answered bad-request")
 async def test_large_body_within_the_limit_is_read_completely(
         client: TestClient, fake: FakeUpstreamFactory) -> None:
     """§5/§8: a body below max_body_bytes (default 1 MiB) is read whole, whatever the TCP
