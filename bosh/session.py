@@ -244,7 +244,8 @@ class Session:
         self._now = now  # time of the input being handled; set by every public call
         self._creation_request: Hashable | None = request
         self._last_rid = terms.rid
-        self._parked: dict[int, tuple[Hashable, Body]] = {}
+        self._parked: dict[int, tuple[Hashable, Body]] = {}  # early rids (§14.2)
+        self._parked_deadline: dict[int, float] = {}
         self._slots: dict[int, Hashable | None] = {}     # processed, not yet answered; rid order
         self._deadlines: dict[int, float] = {}            # wait deadline per live slot
         self._where: dict[Hashable, int] = {}             # live request -> its rid (slot or parked)
@@ -379,19 +380,23 @@ class Session:
             return self._take()
         rid = body.rid
         if rid is None:
-            return self._fail(request, Condition.BAD_REQUEST)
+            self._fail(request, Condition.BAD_REQUEST)
+            return self._take()
         if rid <= self._last_rid:
             return self._repeat(request, rid)
         if rid > self._last_rid + self.terms.requests:
-            return self._fail(request, Condition.ITEM_NOT_FOUND)  # §14.2 MUST
+            self._fail(request, Condition.ITEM_NOT_FOUND)  # §14.2 MUST
+            return self._take()
         old = self._parked.get(rid)
         if old is not None:
             # The same early rid again: the newer copy replaces the older (§14.3 spirit).
             self._where.pop(old[0], None)
             self._emit(Respond(old[0], render_error()))
         self._parked[rid] = (request, body)
+        self._parked_deadline[rid] = now + self.terms.wait
         self._where[request] = rid
         while self.state is not State.ENDED and (nxt := self._parked.pop(self._last_rid + 1, None)):
+            self._parked_deadline.pop(self._last_rid + 1, None)
             self._process(nxt[0], self._last_rid + 1, nxt[1])
         if self.state is not State.ENDED:
             self._enforce_hold()
@@ -417,6 +422,7 @@ class Session:
                 self._idle_since = now
         elif rid in self._parked and self._parked[rid][0] == request:
             del self._parked[rid]
+            self._parked_deadline.pop(rid, None)
         return self._take()
 
     # -- time and the server side -----------------------------------------------------------
@@ -428,8 +434,16 @@ class Session:
         for rid, deadline in list(self._deadlines.items()):
             if deadline <= now and rid in self._deadlines:
                 self._answer_pending(rid)  # §8: an empty body when 'wait' runs out
+        for rid, deadline in list(self._parked_deadline.items()):
+            if deadline <= now:
+                # The gap below this early rid never filled within 'wait': let the client
+                # resend it rather than hold the connection forever (it stays unprocessed).
+                del self._parked_deadline[rid]
+                req, _body = self._parked.pop(rid)
+                self._where.pop(req, None)
+                self._emit(Respond(req, render_body()))
         if self._idle_since is not None and self._creation_request is None \
-                and now >= self._idle_since + self._inactivity:
+                and not self._parked and now >= self._idle_since + self._inactivity:
             # §10: silently end a session nobody polls any more.
             condition = self._doom[0] if self._doom else None
             self._end(condition, close_upstream=self._doom is None)
@@ -450,8 +464,8 @@ class Session:
     def next_deadline(self) -> float | None:
         if self.state is State.ENDED:
             return None
-        candidates = list(self._deadlines.values())
-        if self._idle_since is not None and self._creation_request is None:
+        candidates = [*self._deadlines.values(), *self._parked_deadline.values()]
+        if self._idle_since is not None and self._creation_request is None and not self._parked:
             candidates.append(self._idle_since + self._inactivity)
         return min(candidates) if candidates else None
 
@@ -490,10 +504,12 @@ class Session:
             return self._take()
         sent = self._cache.get(rid)
         if sent is None:
-            return self._fail(request, Condition.ITEM_NOT_FOUND)  # §14.3 MUST
+            self._fail(request, Condition.ITEM_NOT_FOUND)  # §14.3 MUST
+            return self._take()
         sent.repeats += 1
         if sent.repeats > self.terms.max_repeats:
-            return self._fail(request, Condition.POLICY_VIOLATION)  # §14.3 cap (#61)
+            self._fail(request, Condition.POLICY_VIOLATION)  # §14.3 cap (#61)
+            return self._take()
         self._emit(Respond(request, sent.body, sent.status))  # §14.3: byte for byte
         return self._take()
 
@@ -615,7 +631,7 @@ class Session:
             self._answer(other, None, ())
         self._end(None, close_upstream=True)
 
-    def _fail(self, request: Hashable, condition: Condition) -> list[Event]:
+    def _fail(self, request: Hashable, condition: Condition) -> None:
         """A terminal error caused by ``request``: others are told other-request (§17.2)."""
         self._where.pop(request, None)
         for rid, req in list(self._slots.items()):
@@ -625,7 +641,6 @@ class Session:
         for rid in self._live_rids():
             self._answer(rid, _term(Condition.OTHER_REQUEST), (), cache=False)
         self._end(condition, close_upstream=True)
-        return self._take()
 
     def _end(self, condition: Condition | None, close_upstream: bool) -> None:
         for req, _body in self._parked.values():
@@ -636,6 +651,7 @@ class Session:
             if bounces:
                 self._emit(SendUpstream(bounces))
         self._parked.clear()
+        self._parked_deadline.clear()
         self._where.clear()
         self._slots.clear()
         self._deadlines.clear()

@@ -134,7 +134,10 @@ def _payload(root: etree._Element) -> Iterable[ClientElement]:
         # they (and their descendants) really are jabber:client.
         if ns == NS_HTTPBIND:
             ns = NS_CLIENT
-        copy = _rebuild(child, None, 0)
+        # An unqualified descendant cannot sit under a default namespace (lxml cannot write
+        # xmlns=""), so such a rare payload is written with prefixes instead.
+        prefixed = any(isinstance(e.tag, str) and e.tag[0] != "{" for e in child.iter())
+        copy = _rebuild(child, None, 0, prefixed)
         yield ClientElement(ns, name, etree.tostring(copy, encoding="utf-8"))
 
 
@@ -145,7 +148,8 @@ def _split(tag: str) -> tuple[str, str]:
     return "", tag
 
 
-def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int) -> etree._Element:
+def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int,
+             prefixed: bool = False) -> etree._Element:
     """Copy ``src`` into a fresh tree whose namespace declarations are exactly the ones used.
 
     Re-serializing a parsed tree is also what stops a client from injecting raw markup such
@@ -160,7 +164,7 @@ def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int) -> 
         ns = NS_CLIENT
     tag = f"{{{ns}}}{name}" if ns else name
     parent_ns = None if parent is None else _split(parent.tag)[0]
-    nsmap = {None: ns} if ns and ns != parent_ns else None
+    nsmap = {None: ns} if ns and ns != parent_ns and not prefixed else None
     if parent is None:
         elem = etree.Element(tag, nsmap=nsmap)
     else:
@@ -171,7 +175,7 @@ def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int) -> 
     for child in src:
         if not isinstance(child.tag, str):
             raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
-        copy = _rebuild(child, elem, depth + 1)
+        copy = _rebuild(child, elem, depth + 1, prefixed)
         copy.tail = child.tail
     return elem
 

@@ -283,8 +283,6 @@ def test_inactivity_does_not_run_while_a_request_is_held() -> None:
     assert s.state is State.OPEN and responses(out) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a parked (early-rid) request does not stop the §10 "
-                   "inactivity clock; the session is ended while that request is outstanding")
 def test_inactivity_does_not_end_a_session_with_a_parked_request() -> None:
     """§10: only when the CM 'has responded to all the requests it has received' and the
     inactivity passed may it end the session. A parked N+2 is a received, unanswered request."""
@@ -455,12 +453,6 @@ def test_events_are_frozen() -> None:
 
 # -- overactivity, polling and repeat caps: §11, §12, §14.3 --------------------------------
 
-LOST_FAIL_EVENTS = ("BUG: Session._process calls self._fail(...) (policy-violation §11/§12, key "
-                    "mismatch §15.4; also via _pause) and discards the events _fail() already took "
-                    "with _take(): the session goes ENDED but no Respond, CloseUpstream or "
-                    "SessionEnded is emitted, so the request is never answered")
-
-@pytest.mark.xfail(strict=True, reason=LOST_FAIL_EVENTS)
 def test_two_empty_requests_faster_than_polling_are_policy_violation() -> None:
     """§11 SHOULD (checklist #81): 'requests' new empty requests unanswered and the last two
     less than 'polling' apart → policy-violation; the held one gets other-request."""
@@ -481,7 +473,6 @@ def test_first_poll_after_an_answered_request_is_not_overactivity() -> None:
     assert responses(out) == [] and s.state is State.OPEN
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_FAIL_EVENTS)
 def test_polling_too_fast_on_a_polling_session_is_policy_violation() -> None:
     """§12 SHOULD (checklist #85): two empty polls < 'polling' apart, the first answer empty."""
     s = open_session(wait="0", hold="0")
@@ -512,7 +503,6 @@ def test_too_many_resends_of_one_rid_are_policy_violation() -> None:
     assert s.state is State.ENDED
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_FAIL_EVENTS)
 def test_key_sequence_mismatch_is_item_not_found_and_nothing_goes_upstream() -> None:
     """§15.4 MUST when checking (checklist #115): wrong key → not processed, item-not-found."""
     import hashlib

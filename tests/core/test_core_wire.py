@@ -187,8 +187,6 @@ def test_payload_cannot_inject_raw_stream_markup() -> None:
     assert etree.fromstring(elem.data)[0].text == "</stream:stream>"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: wire._rebuild drops xmlns='' on an un-namespaced child "
-                   "of a namespaced element, so the child re-parses in the parent's namespace")
 def test_unnamespaced_child_of_namespaced_payload_keeps_no_namespace() -> None:
     """§6 MAY (checklist #15): payloads are forwarded with the same names and namespaces."""
     data = f"{HEAD}><foo xmlns='urn:x'><bar xmlns=''/></foo></body>".encode()
