@@ -49,6 +49,10 @@ class BoshError(Exception):
         super().__init__(f"{condition.value}: {detail}" if detail else condition.value)
         self.condition = condition
         self.detail = detail
+        # Set by the parser when the body was readable enough to name its session, so that
+        # session can be ended properly (checklist #93) instead of left dangling.
+        self.sid: str | None = None
+        self.ver: str | None = None
 
 
 class ConfigError(Exception):

@@ -403,6 +403,17 @@ class Session:
             self._flush()
         return self._take()
 
+    def reject(self, request: Hashable, condition: Condition, now: float) -> list[Event]:
+        """A request for this session that could not be read at all (e.g. a comment in its
+        payload): it gets ``condition`` and the session ends, others get other-request
+        (§17.2 bad-request, checklist #93)."""
+        self._now = now
+        if self.state is State.ENDED:
+            self._emit(Respond(request, render_terminate(Condition.ITEM_NOT_FOUND)))
+        else:
+            self._fail(request, condition)
+        return self._take()
+
     def request_gone(self, request: Hashable, now: float) -> list[Event]:
         """The client's HTTP request went away before it was answered.
 

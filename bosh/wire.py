@@ -101,13 +101,18 @@ def parse_body(data: bytes) -> Body:
         raise BoshError(Condition.BAD_REQUEST, "DOCTYPE not allowed")  # §6, checklist #13
     if root.tag != f"{{{NS_HTTPBIND}}}body":
         raise BoshError(Condition.BAD_REQUEST, "root element must be {%s}body" % NS_HTTPBIND)
-    # Prolog/epilog comments and PIs are siblings of the root.
-    if root.getprevious() is not None or root.getnext() is not None:
-        raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
-    if root.text is not None and root.text.strip():
-        raise BoshError(Condition.BAD_REQUEST, "character data directly inside <body/>")  # §6
     attrs = _attrs(root)
-    payload = tuple(_payload(root))
+    try:
+        # Prolog/epilog comments and PIs are siblings of the root.
+        if root.getprevious() is not None or root.getnext() is not None:
+            raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
+        if root.text is not None and root.text.strip():
+            raise BoshError(Condition.BAD_REQUEST, "character data directly inside <body/>")  # §6
+        payload = tuple(_payload(root))
+    except BoshError as exc:
+        exc.sid = attrs.get("sid")
+        exc.ver = attrs.get("ver")
+        raise
     return Body(attrs=attrs, payload=payload)
 
 

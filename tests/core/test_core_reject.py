@@ -1,0 +1,52 @@
+"""A request the parser refuses but that names a live session ends that session properly
+(XEP-0124 §17.2 bad-request and other-request; checklist #90, #93, #99)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bosh import wire
+from bosh.errors import BoshError, Condition
+from bosh.session import State
+from tests.core._helpers import (
+    NS, RID0, SessionEnded, answer_for, body_bytes, is_terminate, kinds, new_session, req,
+)
+
+
+def test_parser_error_names_the_sid_and_ver_of_a_readable_root() -> None:
+    """#93 setup: the root is readable, the payload is not (a comment, §6)."""
+    data = f"<body xmlns='{NS}' sid='S1' rid='7' ver='1.6'><!-- x --></body>".encode()
+    with pytest.raises(BoshError) as info:
+        wire.parse_body(data)
+    assert info.value.condition is Condition.BAD_REQUEST
+    assert (info.value.sid, info.value.ver) == ("S1", "1.6")
+
+
+def test_parser_error_on_unreadable_xml_names_no_session() -> None:
+    """REC under #90: when the sid cannot be parsed, no session is touched."""
+    with pytest.raises(BoshError) as info:
+        wire.parse_body(f"<body xmlns='{NS}' sid='S1' rid='7'".encode())
+    assert info.value.sid is None
+
+
+def test_reject_answers_bad_request_and_tells_the_held_request_other_request() -> None:
+    """#93: the held N+1 gets other-request, the broken N+2 gets bad-request, session ends."""
+    s, _ = new_session()
+    s.receive("r1", req("SID", RID0 + 1), 1.0)
+    events = s.reject("r2", Condition.BAD_REQUEST, 1.5)
+    assert is_terminate(answer_for(events, "r2").body, "bad-request")
+    assert is_terminate(answer_for(events, "r1").body, "other-request")
+    assert kinds(events)[-2:] == ["CloseUpstream", "SessionEnded"]
+    assert s.state is State.ENDED
+    assert isinstance(events[-1], SessionEnded) and events[-1].condition is Condition.BAD_REQUEST
+
+
+def test_reject_uses_the_legacy_status_for_a_client_without_ver() -> None:
+    """#99: a legacy client (no 'ver' at creation) gets HTTP 400 for bad-request."""
+    s, _ = new_session(ver=None)
+    events = s.reject("r2", Condition.BAD_REQUEST, 1.0)
+    assert answer_for(events, "r2").status == 400
+
+
+def test_body_bytes_helper_is_parseable() -> None:
+    assert wire.parse_body(body_bytes({"rid": "1"})).rid == 1
