@@ -9,7 +9,7 @@ from bosh import wire
 from bosh.errors import BoshError, Condition
 from bosh.session import State
 from tests.core._helpers import (
-    NS, RID0, SessionEnded, answer_for, body_bytes, is_terminate, kinds, new_session, req,
+    NS, RID0, SessionEnded, answer_for, is_terminate, kinds, new_session, req,
 )
 
 
@@ -47,6 +47,3 @@ def test_reject_uses_the_legacy_status_for_a_client_without_ver() -> None:
     events = s.reject("r2", Condition.BAD_REQUEST, 1.0)
     assert answer_for(events, "r2").status == 400
 
-
-def test_body_bytes_helper_is_parseable() -> None:
-    assert wire.parse_body(body_bytes({"rid": "1"})).rid == 1
