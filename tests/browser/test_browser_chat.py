@@ -86,8 +86,9 @@ async def bob(prosody: Any, xmpp_peer: Any) -> Any:
 @contextlib.asynccontextmanager
 async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
     """A fresh headless Chromium page; on any failure: screenshot, console and wire log."""
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
+    expect.set_options(timeout=TIMEOUT_MS)
     console: list[str] = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -95,6 +96,8 @@ async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
         page.set_default_timeout(TIMEOUT_MS)
         page.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        page.on("requestfailed", lambda r: console.append(
+            f"requestfailed: {r.method} {r.url} {r.failure} {(r.post_data or '')[:120]}"))
         try:
             yield page
             assert not [c for c in console if c.startswith("pageerror")], console
