@@ -1,4 +1,10 @@
-"""Composition root and CLI: the only module that imports both ``bosh`` and ``xmpp_bridge``."""
+"""Composition root and CLI: the only module that imports both ``bosh`` and ``xmpp_bridge``.
+
+Signals: SIGTERM/SIGINT drain and exit 0 (new sessions refused, every held request answered
+with system-shutdown, every upstream stream closed with ``</stream:stream>``, within
+``[http] shutdown_grace``); SIGHUP re-reads the config file and applies ``[log]`` and
+``[bosh]`` without dropping sessions (README, "Operations").
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -13,38 +20,99 @@ from aiohttp import web
 from bosh import config as config_mod
 from bosh.driver import Manager
 from bosh.errors import ConfigError
+from bosh.limits import ClientLimits, PerIpPolicy
+from bosh.ports import UpstreamFactory
 from bosh.session import Limits
-from bosh.web import make_app
+from bosh.web import make_app, make_runner
 from bosh.wire import parse_route
 
 log = logging.getLogger("bosh")
 
 
-def build_manager(cfg: config_mod.Config) -> Manager:
-    from xmpp_bridge.upstream import XmppUpstreamFactory
-
+def build_limits(cfg: config_mod.Config) -> Limits:
+    """The core's per-session bounds from ``[bosh]`` (and the route allow-list)."""
     b = cfg.bosh
     routes = frozenset(r for r in map(parse_route, cfg.upstream.routes) if r is not None)
-    limits = Limits(max_wait=b.max_wait, max_inactivity=b.max_inactivity,
-                    max_hold=b.max_hold, polling=b.polling, max_pause=b.max_pause,
-                    routes=routes)
-    return Manager(limits, cfg.upstream.domains, b.max_sessions, XmppUpstreamFactory(cfg.upstream))
+    return Limits(max_wait=b.max_wait, max_inactivity=b.max_inactivity,
+                  max_hold=b.max_hold, polling=b.polling, max_pause=b.max_pause,
+                  routes=routes, max_queued_bytes=b.max_queued_bytes)
+
+
+def build_client_limits(cfg: config_mod.Config) -> ClientLimits:
+    b = cfg.bosh
+    return ClientLimits(PerIpPolicy(max_sessions_per_ip=b.max_sessions_per_ip,
+                                    new_sessions_per_ip_per_minute=b.new_sessions_per_ip_per_minute))
+
+
+def build_manager(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None) -> Manager:
+    if upstreams is None:
+        from xmpp_bridge.upstream import XmppUpstreamFactory
+
+        upstreams = XmppUpstreamFactory(cfg.upstream)
+    return Manager(build_limits(cfg), cfg.upstream.domains, cfg.bosh.max_sessions, upstreams,
+                   client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes)
+
+
+def server_ssl_context(http: config_mod.HttpConfig) -> ssl.SSLContext | None:
+    """HTTPS when ``[http] tls_cert``/``tls_key`` are set (XEP-0124 §19.1)."""
+    if not http.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(http.tls_cert, http.tls_key)
+    return ctx
 
 
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    apply_log_level(level)
+
+
+def apply_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level)
     # slixmpp's DEBUG output contains SASL payloads, i.e. passwords (design.md §5).
     logging.getLogger("slixmpp").setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
-async def serve(cfg: config_mod.Config) -> int:
+def reload_config(manager: Manager, current: config_mod.Config, path: str | None) -> config_mod.Config:
+    """SIGHUP: apply ``[log]`` and ``[bosh]`` from the file again; keep sessions.
+
+    A broken file changes nothing. Changes elsewhere are reported as needing a restart.
+    """
+    if path is None:
+        log.warning("SIGHUP: no --config file to reload")
+        return current
+    try:
+        new = config_mod.load(path)
+    except ConfigError as exc:
+        log.error("SIGHUP: config not reloaded: %s", exc)
+        return current
+    apply_log_level(new.log.level)
+    manager.reload(build_limits(new), new.bosh.max_sessions, build_client_limits(new),
+                   new.bosh.max_stanza_bytes)
+    for section in ("http", "upstream"):
+        if getattr(new, section) != getattr(current, section):
+            log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
+    log.info("SIGHUP: reloaded [log] and [bosh] from %s (log level %s, max_sessions %d, "
+             "max_sessions_per_ip %d, new_sessions_per_ip_per_minute %d)", path, new.log.level,
+             new.bosh.max_sessions, new.bosh.max_sessions_per_ip,
+             new.bosh.new_sessions_per_ip_per_minute)
+    # Keep [http]/[upstream] as running: a later reload compares against what is live.
+    return config_mod.Config(http=current.http, bosh=new.bosh, upstream=current.upstream, log=new.log)
+
+
+async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
+    try:
+        tls = server_ssl_context(cfg.http)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("cannot load [http] tls_cert/tls_key: %s", exc)
+        return 2
     manager = build_manager(cfg)
     app = make_app(manager, cfg.http)
-    # Handler cancellation tells us at once when a client drops a held request.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = make_runner(app, cfg.http.shutdown_grace)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+    site = web.TCPSite(runner, cfg.http.host, cfg.http.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -52,15 +120,29 @@ async def serve(cfg: config_mod.Config) -> int:
         await runner.cleanup()
         return 1
     host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host
-    log.info("listening on http://%s:%d%s", host, cfg.http.port, cfg.http.path)
+    scheme = "https" if tls is not None else "http"
+    log.info("listening on %s://%s:%d%s", scheme, host, cfg.http.port, cfg.http.path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    live = [cfg]
+
+    def on_hup() -> None:
+        live[0] = reload_config(manager, live[0], config_path)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("shutting down")
+    started = loop.time()
+    log.info("shutting down: draining %d session(s), grace %g s", len(manager.registry),
+             cfg.http.shutdown_grace)
+    # Not ready any more (GET /readyz -> 503); every held request gets system-shutdown
+    # and every upstream stream its </stream:stream> (XEP-0124 §17.2).
     await manager.shutdown()
+    # Stops listening, closes idle connections, then waits (at most shutdown_grace) for
+    # the handlers, whose answers are all decided now, to write them.
     await runner.cleanup()
+    log.info("stopped in %.3f s", loop.time() - started)
     return 0
 
 
@@ -74,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bosh-cm: config error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log.level)
-    return asyncio.run(serve(cfg))
+    return asyncio.run(serve(cfg, args.config))
 
 
 if __name__ == "__main__":

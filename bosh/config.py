@@ -8,6 +8,7 @@ is allowed. ``conf/bosh-cm.toml`` documents every key; a test keeps the two in s
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bosh.errors import ConfigError
+from bosh.limits import parse_networks
 from bosh.wire import parse_route
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -34,6 +36,12 @@ class HttpConfig:
         default=("*",), metadata=_meta("allowed origins for CORS; [\"*\"] allows any"))
     max_body_bytes: int = field(
         default=1_048_576, metadata=_meta("largest request body accepted, bytes", 1024, 67_108_864))
+    trusted_proxies: tuple[str, ...] = field(
+        default=(), metadata=_meta("proxy addresses/CIDRs whose X-Forwarded-For is believed"))
+    tls_cert: str = field(default="", metadata=_meta("PEM certificate chain for HTTPS; empty = plain HTTP"))
+    tls_key: str = field(default="", metadata=_meta("PEM private key for tls_cert"))
+    shutdown_grace: float = field(
+        default=10.0, metadata=_meta("seconds SIGTERM waits for answers to be written", 0, 300))
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,16 @@ class BoshConfig:
     max_sessions: int = field(default=10_000, metadata=_meta("sessions open at once", 1, 1_000_000))
     max_pause: int = field(
         default=120, metadata=_meta("seconds; longest 'pause' a client may ask for, 0 = no pausing", 0, 86400))
+    max_sessions_per_ip: int = field(
+        default=100, metadata=_meta("sessions open at once per client address; 0 = unlimited", 0, 1_000_000))
+    new_sessions_per_ip_per_minute: int = field(
+        default=120, metadata=_meta("new sessions per client address in any 60 s; 0 = unlimited", 0, 1_000_000))
+    max_queued_bytes: int = field(
+        default=1_048_576,
+        metadata=_meta("bytes of server data queued per session before upstream reading pauses",
+                       1024, 268_435_456))
+    max_stanza_bytes: int = field(
+        default=262_144, metadata=_meta("largest single payload element from a client, bytes", 256, 67_108_864))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +110,8 @@ def _convert(where: str, tp: Any, meta: Mapping[str, Any], value: Any) -> Any:
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {value!r} is out of range; allowed: a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -136,8 +156,18 @@ def from_mapping(data: Mapping[str, Any], source: str = "<config>") -> Config:
 def _check_consistency(cfg: Config, source: str) -> None:
     if not cfg.http.path.startswith("/"):
         raise ConfigError(f"{source}: [http] path: {cfg.http.path!r} must start with '/'")
+    if cfg.http.path in ("/healthz", "/readyz", "/metrics"):
+        raise ConfigError(f"{source}: [http] path: {cfg.http.path!r} is taken by the operations "
+                          "endpoints; allowed: any other path, e.g. \"/http-bind\"")
     if not cfg.upstream.domains:
         raise ConfigError(f"{source}: [upstream] domains: must list at least one domain")
+    if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
+        raise ConfigError(f"{source}: [http] tls_cert and tls_key: set both (HTTPS) or neither (HTTP)")
+    try:
+        parse_networks(cfg.http.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [http] trusted_proxies: {exc}; allowed: addresses or CIDRs, "
+                          "e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]") from None
     for route in cfg.upstream.routes:
         if parse_route(route) is None:
             raise ConfigError(f"{source}: [upstream] routes: {route!r} is not allowed; "

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 from bosh import wire
 from bosh.errors import BoshError, Condition
+from bosh.limits import ClientLimits
+from bosh.metrics import Metrics
 from bosh.ports import StreamInfo, Upstream, UpstreamFactory
 from bosh.registry import Registry
 from bosh.session import (
@@ -44,49 +46,118 @@ def error_reply(condition: Condition, legacy: bool = False) -> Reply:
 
 
 class Manager:
-    """All sessions of one process: entry point for the web layer."""
+    """All sessions of one process: entry point for the web layer.
+
+    ``client_limits`` bounds sessions per client address, ``max_stanza_bytes`` (0 = no
+    bound) the size of one payload element; both answer policy-violation (§17.2).
+    """
 
     def __init__(self, limits: Limits, domains: Sequence[str], max_sessions: int,
-                 upstreams: UpstreamFactory) -> None:
+                 upstreams: UpstreamFactory, *, client_limits: ClientLimits | None = None,
+                 max_stanza_bytes: int = 0, metrics: Metrics | None = None) -> None:
         self.limits = limits
         self.domains = frozenset(d.lower() for d in domains)
         self.upstreams = upstreams
         self.registry: Registry[SessionDriver] = Registry(max_sessions)
+        self.client_limits = client_limits if client_limits is not None else ClientLimits()
+        self.max_stanza_bytes = max_stanza_bytes
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.track_sessions(lambda: len(self.registry), self.held_count)
         self.accepting = True
         self._ids = itertools.count(1)
+        self._pruned_at = 0.0
 
     def next_request_id(self) -> int:
         return next(self._ids)
 
-    async def handle(self, data: bytes, is_closing: IsClosing) -> Reply:
+    def held_count(self) -> int:
+        return sum(d.session.held_count for d in self.registry if d.session is not None)
+
+    async def handle(self, data: bytes, is_closing: IsClosing, client_ip: str = "-") -> Reply:
         """Handle one POSTed body and return the complete answer (maybe much later)."""
+        m = self.metrics
+        m.requests.inc()
+        started = asyncio.get_running_loop().time()
+        try:
+            reply = await self._handle(data, is_closing, client_ip)
+        except asyncio.CancelledError:
+            raise
+        m.response_latency.observe(asyncio.get_running_loop().time() - started)
+        return reply
+
+    def error(self, condition: Condition, legacy: bool = False) -> Reply:
+        """An answer for a request without a session, counted by condition."""
+        self.metrics.errors.labels(condition.value).inc()
+        return error_reply(condition, legacy)
+
+    def limit_hit(self, limit: str, condition: Condition = Condition.POLICY_VIOLATION,
+                  legacy: bool = False) -> Reply:
+        self.metrics.limit_hits.labels(limit).inc()
+        return self.error(condition, legacy)
+
+    async def _handle(self, data: bytes, is_closing: IsClosing, client_ip: str) -> Reply:
         try:
             body = wire.parse_body(data)
         except BoshError as exc:
-            log.info("rejected request: %s", exc)
-            return error_reply(exc.condition)
+            log.info("rejected request from %s: %s", client_ip, exc)
+            return self.error(exc.condition)
         sid = body.sid
+        driver = self.registry.get(sid) if sid is not None else None
+        if self.max_stanza_bytes and any(len(e.data) > self.max_stanza_bytes for e in body.payload):
+            # Bounded before the core sees it: the session ends with policy-violation (§17.2).
+            log.info("session %s: stanza over %d bytes from %s", sid or "-", self.max_stanza_bytes,
+                     client_ip)
+            if driver is not None:
+                driver.end(Condition.POLICY_VIOLATION)
+            return self.limit_hit("stanza_size", legacy=body.get("ver") is None and sid is None)
         if sid is None:
-            return await self._create(body, is_closing)
-        driver = self.registry.get(sid)
+            return await self._create(body, is_closing, client_ip)
         if driver is None:
             # Checklist Q5: we cannot know whether an unknown sid's client is legacy: 200.
-            return error_reply(Condition.ITEM_NOT_FOUND)
+            return self.error(Condition.ITEM_NOT_FOUND)
+        n = len(body.payload)
+        if n:
+            self.metrics.stanzas.labels("in").inc(n)
+            self.metrics.bytes.labels("in").inc(sum(len(e.data) for e in body.payload))
         return await driver.request(body, is_closing)
 
-    async def _create(self, body: wire.Body, is_closing: IsClosing) -> Reply:
+    async def _create(self, body: wire.Body, is_closing: IsClosing, client_ip: str) -> Reply:
         legacy = body.get("ver") is None
         if not self.accepting:
-            return error_reply(Condition.SYSTEM_SHUTDOWN)
+            return self.error(Condition.SYSTEM_SHUTDOWN)
+        now = asyncio.get_running_loop().time()
+        if now - self._pruned_at > 60:
+            self.client_limits.prune(now)
+            self._pruned_at = now
         try:
             terms = negotiate(body, self.limits, self.domains)
+        except BoshError as exc:
+            log.info("session refused for %s: %s", client_ip, exc)
+            return self.error(exc.condition, legacy)
+        try:
             sid = self.registry.reserve()
         except BoshError as exc:
-            log.info("session refused: %s", exc)
-            return error_reply(exc.condition, legacy)
-        driver = SessionDriver(self, sid)
+            log.warning("session refused for %s: %s (max_sessions %d)", client_ip, exc,
+                        self.registry.max_sessions)
+            return self.limit_hit("sessions", exc.condition, legacy)
+        try:
+            self.client_limits.admit(client_ip, now)
+        except BoshError as exc:
+            log.warning("session refused for %s: %s", client_ip, exc)
+            return self.limit_hit("per_ip", exc.condition, legacy)
+        driver = SessionDriver(self, sid, client_ip)
         self.registry.add(sid, driver)
+        self.metrics.sessions_created.inc()
         return await driver.create(terms, is_closing)
+
+    def reload(self, limits: Limits, max_sessions: int, client_limits: ClientLimits,
+               max_stanza_bytes: int) -> None:
+        """Apply new limits (SIGHUP). Open sessions keep the terms they negotiated; their
+        per-address counts carry over to the new policy."""
+        self.limits = limits
+        self.registry.max_sessions = max_sessions
+        self.client_limits.policy = client_limits.policy
+        self.max_stanza_bytes = max_stanza_bytes
 
     async def shutdown(self, condition: Condition = Condition.SYSTEM_SHUTDOWN) -> None:
         """Stop accepting sessions and end every open one with ``condition`` (§17.2)."""
@@ -98,11 +169,15 @@ class Manager:
 class SessionDriver:
     """Executes one session's events; is the session's ``UpstreamListener``."""
 
-    def __init__(self, manager: Manager, sid: str) -> None:
+    def __init__(self, manager: Manager, sid: str, client_ip: str = "-") -> None:
         self.manager = manager
         self.sid = sid
+        self.client_ip = client_ip
         self.session: Session | None = None
         self.upstream: Upstream | None = None
+        self._released = False
+        self._upstream_live = False
+        self._opened_at: float | None = None
         self._loop = asyncio.get_running_loop()
         self._futures: dict[int, asyncio.Future[Reply]] = {}
         self._closing: dict[int, IsClosing] = {}
@@ -114,7 +189,8 @@ class SessionDriver:
     async def create(self, terms: Terms, is_closing: IsClosing) -> Reply:
         req, fut = self._new_request(is_closing)
         self.session = Session(self.sid, terms, req, self._loop.time())
-        log.info("session %s created for %s", self.sid, terms.stream.to)
+        log.info("session %s created for %s from %s (wait %d, hold %d)", self.sid, terms.stream.to,
+                 self.client_ip, terms.wait, terms.hold)
         self._execute(self.session.initial_events())
         return await self._wait(req, fut)
 
@@ -148,14 +224,34 @@ class SessionDriver:
     # -- upstream listener ------------------------------------------------------------------
 
     def upstream_ready(self, info: StreamInfo, features: bytes) -> None:
+        if self._opened_at is not None:
+            took = self._loop.time() - self._opened_at
+            self._opened_at = None
+            self.manager.metrics.upstream_connect.observe(took)
+            log.info("session %s upstream ready in %.3f s", self.sid, took)
         self._call(lambda s, now: s.upstream_ready(info, features, now))
 
     def upstream_elements(self, elements: Sequence[bytes]) -> None:
+        m = self.manager.metrics
+        m.stanzas.labels("out").inc(len(elements))
+        m.bytes.labels("out").inc(sum(map(len, elements)))
         self._call(lambda s, now: s.upstream_elements(list(elements), now))
 
     def upstream_closed(self, condition: Condition, stream_error: bytes | None) -> None:
         log.info("session %s upstream closed: %s", self.sid, condition.value)
+        self._upstream_gone()
         self._call(lambda s, now: s.upstream_closed(condition, stream_error, now))
+
+    def _upstream_gone(self) -> None:
+        if self._upstream_live:
+            self._upstream_live = False
+            self.manager.metrics.upstreams_open.dec()
+
+    def _release(self) -> None:
+        """Give the session's per-address slot back, exactly once."""
+        if not self._released:
+            self._released = True
+            self.manager.client_limits.release(self.client_ip)
 
     def end(self, condition: Condition) -> None:
         self._call(lambda s, now: s.shutdown(condition, now))
@@ -200,6 +296,9 @@ class SessionDriver:
                 if self.upstream is not None:
                     self.upstream.send(ev.elements)
             elif isinstance(ev, OpenUpstream):
+                self._opened_at = self._loop.time()
+                self._upstream_live = True
+                self.manager.metrics.upstreams_open.inc()
                 self.upstream = self.manager.upstreams.open(ev.params, self)
             elif isinstance(ev, RestartUpstream):
                 if self.upstream is not None:
@@ -207,6 +306,7 @@ class SessionDriver:
             elif isinstance(ev, CloseUpstream):
                 if self.upstream is not None:
                     self.upstream.close()
+                self._upstream_gone()
             elif isinstance(ev, FlowControl):
                 if self.upstream is not None:
                     if ev.paused:
@@ -220,7 +320,13 @@ class SessionDriver:
     def _ended(self, ev: SessionEnded) -> None:
         cond = ev.condition.value if ev.condition else "none"
         log.info("session %s ended (condition %s)", self.sid, cond)
+        m = self.manager.metrics
+        m.sessions_ended.labels(cond).inc()
+        if ev.condition is not None:
+            m.errors.labels(cond).inc()
         self.manager.registry.remove(self.sid)
+        self._release()
+        self._upstream_gone()
         for fut in self._futures.values():  # parked requests were answered by the core
             if not fut.done():
                 fut.set_result(error_reply(Condition.ITEM_NOT_FOUND))
@@ -238,7 +344,12 @@ class SessionDriver:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
+        m = self.manager.metrics
+        m.sessions_ended.labels(Condition.INTERNAL_SERVER_ERROR.value).inc()
+        m.errors.labels(Condition.INTERNAL_SERVER_ERROR.value).inc()
         self.manager.registry.remove(self.sid)
+        self._release()
+        self._upstream_gone()
         self.session = None
         self._cancel_timer()
 

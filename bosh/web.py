@@ -15,8 +15,10 @@ import zlib
 from aiohttp import web
 
 from bosh.config import HttpConfig
-from bosh.driver import Manager, Reply, error_reply
+from bosh.driver import Manager, Reply
 from bosh.errors import BoshError, Condition
+from bosh.limits import client_address, parse_networks
+from bosh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bosh.session import CODINGS
 
 log = logging.getLogger("bosh.web")
@@ -25,6 +27,13 @@ _MIN_COMPRESS = 256  # bytes; smaller bodies are not worth the CPU
 
 MANAGER_KEY = web.AppKey("manager", Manager)
 CONFIG_KEY = web.AppKey("http_config", HttpConfig)
+TRUSTED_KEY = web.AppKey("trusted_proxies", tuple)
+
+# Fixed operational paths (documented in README "Operations" and conf/bosh-cm.toml).
+HEALTHZ_PATH = "/healthz"   # 200 while the process runs
+READYZ_PATH = "/readyz"     # 200 while accepting new sessions, 503 while draining
+METRICS_PATH = "/metrics"   # Prometheus text format
+OPS_PATHS = (HEALTHZ_PATH, READYZ_PATH, METRICS_PATH)
 
 _INFO_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>bosh-cm</title></head>
@@ -91,33 +100,89 @@ def _decode(data: bytes, coding: str, limit: int) -> bytes:
     return out
 
 
+def request_client_ip(request: web.Request) -> str:
+    """The client address for limits and logs: X-Forwarded-For only from trusted proxies."""
+    peer = None
+    transport = request.transport
+    if transport is not None:
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, (tuple, list)) and peername:
+            peer = str(peername[0])
+    return client_address(peer, request.headers.getall("X-Forwarded-For", []),
+                          request.app[TRUSTED_KEY])
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes. ``StreamReader.read(n)`` returns what
+    is buffered so far, so a body split over several TCP segments needs a loop."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def _too_large(request: web.Request) -> web.Response:
+    """policy-violation for an oversized body; the connection is closed afterwards so
+    the rest of the body is never read (aiohttp would otherwise drain it)."""
+    manager = request.app[MANAGER_KEY]
+    log.info("request body over %d bytes from %s refused", request.app[CONFIG_KEY].max_body_bytes,
+             request_client_ip(request))
+    resp = _response(request, manager.limit_hit("body_size"))
+    resp.force_close()
+    return resp
+
+
 async def handle_post(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG_KEY]
     manager = request.app[MANAGER_KEY]
     length = request.content_length
     if length is not None and length > cfg.max_body_bytes:
         # Refuse without reading it all (checklist REC under §O).
-        return _response(request, error_reply(Condition.POLICY_VIOLATION))
-    data = await request.content.read(cfg.max_body_bytes + 1)
+        return _too_large(request)
+    # Chunked uploads have no Content-Length: read one byte past the bound, no more.
+    data = await _read_body(request, cfg.max_body_bytes + 1)
     if len(data) > cfg.max_body_bytes:
-        return _response(request, error_reply(Condition.POLICY_VIOLATION))
+        return _too_large(request)
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding != "identity":
         if coding not in CODINGS:
-            return _response(request, error_reply(Condition.BAD_REQUEST))
+            return _response(request, manager.error(Condition.BAD_REQUEST))
         try:
             data = _decode(data, coding, cfg.max_body_bytes)
         except BoshError as exc:
-            return _response(request, error_reply(exc.condition))
+            return _response(request, manager.error(exc.condition))
         except zlib.error:
-            return _response(request, error_reply(Condition.BAD_REQUEST))
+            return _response(request, manager.error(Condition.BAD_REQUEST))
     transport = request.transport
 
     def is_closing() -> bool:
         return transport is None or transport.is_closing()
 
-    reply = await manager.handle(data, is_closing)
+    reply = await manager.handle(data, is_closing, request_client_ip(request))
     return _response(request, reply)
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    if manager.accepting:
+        return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
+    return web.Response(status=503, text="draining\n", headers={"Cache-Control": "no-store"})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER_KEY]
+    resp = web.Response(body=manager.metrics.render(), headers={"Cache-Control": "no-store"})
+    resp.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return resp
 
 
 async def handle_get(request: web.Request) -> web.Response:
@@ -136,8 +201,23 @@ def make_app(manager: Manager, cfg: HttpConfig) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_bytes)
     app[MANAGER_KEY] = manager
     app[CONFIG_KEY] = cfg
+    app[TRUSTED_KEY] = parse_networks(cfg.trusted_proxies)
+    app.router.add_get(HEALTHZ_PATH, handle_healthz)
+    app.router.add_get(READYZ_PATH, handle_readyz)
+    app.router.add_get(METRICS_PATH, handle_metrics)
     app.router.add_post(cfg.path, handle_post)
     app.router.add_get(cfg.path, handle_get)
     app.router.add_route("OPTIONS", cfg.path, handle_options)
     return app
 
+
+def make_runner(app: web.Application, shutdown_grace: float) -> web.AppRunner:
+    """The runner bosh-cm serves ``app`` with.
+
+    * handler cancellation: a client that drops a held request is noticed at once;
+    * ``lingering_time=0``: after refusing an oversized body the connection is closed
+      instead of aiohttp reading and discarding the rest for up to 10 s;
+    * ``shutdown_timeout``: how long a drain waits for answers to be written.
+    """
+    return web.AppRunner(app, handler_cancellation=True, access_log=None,
+                         shutdown_timeout=shutdown_grace, lingering_time=0)

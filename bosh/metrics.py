@@ -1,0 +1,76 @@
+"""Prometheus metrics for one bosh-cm process (prometheus-client; no asyncio, no aiohttp).
+
+Each :class:`Metrics` has its own ``CollectorRegistry`` so that several managers (tests)
+never share counters. ``GET /metrics`` renders :meth:`Metrics.render`.
+
+Names (all prefixed ``bosh_``):
+
+====================================  =========  ==============================================
+bosh_sessions_open                    gauge      sessions open now
+bosh_sessions_created_total           counter    sessions created
+bosh_sessions_ended_total{condition}  counter    sessions ended; condition "none" = normal end
+bosh_requests_total                   counter    BOSH POSTs handled
+bosh_requests_held                    gauge      requests held open right now
+bosh_upstreams_open                   gauge      upstream XMPP streams open or connecting
+bosh_stanzas_total{direction}         counter    payload elements, direction "in" (client to
+                                                 server) or "out" (server to client)
+bosh_bytes_total{direction}           counter    bytes of those elements
+bosh_upstream_connect_seconds         histogram  upstream connect + TLS + features time
+bosh_response_seconds                 histogram  request arrival to answer ready
+bosh_errors_total{condition}          counter    terminal error answers by XEP-0124 condition
+bosh_limit_hits_total{limit}          counter    requests refused by a limit
+====================================  =========  ==============================================
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The process's counters; the driver and the web layer update them."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.sessions_open = Gauge("bosh_sessions_open", "Sessions open now", registry=r)
+        self.sessions_created = Counter("bosh_sessions_created", "Sessions created", registry=r)
+        self.sessions_ended = Counter("bosh_sessions_ended", "Sessions ended by condition",
+                                      ["condition"], registry=r)
+        self.requests = Counter("bosh_requests", "BOSH requests handled", registry=r)
+        self.requests_held = Gauge("bosh_requests_held", "Requests held open now", registry=r)
+        self.upstreams_open = Gauge("bosh_upstreams_open", "Upstream streams open or connecting",
+                                    registry=r)
+        self.stanzas = Counter("bosh_stanzas", "Payload elements passed", ["direction"], registry=r)
+        self.bytes = Counter("bosh_bytes", "Bytes of payload elements passed", ["direction"],
+                             registry=r)
+        self.upstream_connect = Histogram("bosh_upstream_connect_seconds",
+                                          "Upstream connect, TLS and features time",
+                                          buckets=_CONNECT_BUCKETS, registry=r)
+        self.response_latency = Histogram("bosh_response_seconds",
+                                          "Time from request arrival to its answer",
+                                          buckets=_LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("bosh_errors", "Terminal error answers by condition", ["condition"],
+                              registry=r)
+        self.limit_hits = Counter("bosh_limit_hits", "Requests refused by a limit", ["limit"],
+                                  registry=r)
+        for d in ("in", "out"):  # export zeros from the start: rate() needs a first sample
+            self.stanzas.labels(d)
+            self.bytes.labels(d)
+
+    def track_sessions(self, count: Callable[[], int], held: Callable[[], int]) -> None:
+        """Read the live gauges from the registry at scrape time."""
+        self.sessions_open.set_function(count)
+        self.requests_held.set_function(held)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
