@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from tests.conftest import USERS
+from tests.support.prosody import USERS
 
 pytestmark = pytest.mark.browser
 
@@ -61,7 +61,7 @@ def browser_requirements() -> None:
 
 
 @pytest.fixture
-def demo_page(endpoint: Any, browser_requirements: None) -> Iterator[Any]:
+def demo_page(browser_requirements: None, endpoint: Any) -> Iterator[Any]:
     """The demo page on its own loopback origin, preconfigured for the BOSH endpoint under test
     (bosh-cm; BOSH_ENDPOINTS=prosody runs the same test against Prosody's mod_bosh)."""
     demo_server = _load_demo_server()
