@@ -1,0 +1,210 @@
+"""A lean BOSH load generator: many logged-in sessions, each holding one request.
+
+Lean on purpose (2 cores shared with both servers): one aiohttp ClientSession with no
+connection limit and HTTP/1.1 keep-alive, request bodies built with f-strings, responses
+checked with byte searches and one regex, never parsed into a tree.
+
+Messages carry ``m<seq>t<perf_counter_ns>`` as their body text; the receiving session
+records ``now - t`` when the held response that carries it has been read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiohttp
+
+from servers import PASSWORD, user_name
+
+__all__ = ["BoshLoad", "Session", "LoginError"]
+
+NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
+HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+_SID = re.compile(rb"""\bsid=['"]([^'"]+)['"]""")
+_MSG = re.compile(rb">m(\d+)t(\d+)<")
+
+
+class LoginError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class Counters:
+    responses: int = 0              # HTTP responses read (all phases)
+    msg_responses: int = 0          # responses that carried at least one benchmark message
+    received: int = 0
+    duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Session:
+    __slots__ = ("load", "index", "jid", "sid", "rid", "task", "alive")
+
+    def __init__(self, load: "BoshLoad", index: int) -> None:
+        self.load = load
+        self.index = index
+        self.jid = f"{user_name(index)}@{load.domain}"
+        self.sid = ""
+        self.rid = random.randint(1 << 20, 1 << 40)
+        self.task: asyncio.Task[None] | None = None
+        self.alive = False
+
+    async def _post(self, data: bytes) -> bytes:
+        load = self.load
+        async with load.http.post(load.url, data=data, headers=HEADERS) as resp:
+            raw = await resp.read()
+            if resp.status != 200:
+                raise LoginError(f"HTTP {resp.status} for {self.jid}: {raw[:200]!r}")
+        load.counters.responses += 1
+        if b"terminate" in raw and (b"type='terminate'" in raw or b'type="terminate"' in raw):
+            raise LoginError(f"session of {self.jid} terminated: {raw[:300]!r}")
+        return raw
+
+    async def post(self, payload: str = "", attrs: str = "") -> bytes:
+        self.rid += 1
+        body = f"<body rid='{self.rid}' sid='{self.sid}' xmlns='{NS_HTTPBIND}'{attrs}>{payload}</body>"
+        return await self._post(body.encode())
+
+    async def _until(self, raw: bytes, needle: bytes, what: str, fail: bytes | None = None) -> bytes:
+        """Poll with empty bodies until a response contains ``needle``."""
+        for _ in range(20):
+            if needle in raw:
+                return raw
+            if fail is not None and fail in raw:
+                raise LoginError(f"{what} failed for {self.jid}: {raw[:300]!r}")
+            raw = await self.post()
+        raise LoginError(f"no {what} for {self.jid}")
+
+    async def login(self) -> None:
+        """Creation, SASL PLAIN, restart, bind, initial presence (XEP-0206 §§3-6)."""
+        load = self.load
+        self.rid += 1
+        create = (f"<body content='text/xml; charset=utf-8' hold='1' rid='{self.rid}' "
+                  f"to='{load.domain}' ver='1.6' wait='{load.wait}' xml:lang='en' "
+                  f"xmlns='{NS_HTTPBIND}' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>")
+        raw = await self._post(create.encode())
+        m = _SID.search(raw)
+        if m is None:
+            raise LoginError(f"no sid for {self.jid}: {raw[:300]!r}")
+        self.sid = m.group(1).decode()
+        raw = await self._until(raw, b"mechanisms", "stream features")
+        cred = base64.b64encode(f"\0{user_name(self.index)}\0{PASSWORD}".encode()).decode()
+        raw = await self.post(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>")
+        await self._until(raw, b"<success", "SASL", fail=b"<failure")
+        raw = await self.post(attrs=f" to='{load.domain}' xml:lang='en' xmpp:restart='true' "
+                                    "xmlns:xmpp='urn:xmpp:xbosh'")
+        raw = await self._until(raw, b"xmpp-bind", "bind feature")
+        raw = await self.post("<iq type='set' id='bind1' xmlns='jabber:client'><bind "
+                              "xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench</resource>"
+                              "</bind></iq>")
+        raw = await self._until(raw, b"<jid", "bind result", fail=b"type='error'")
+        raw = await self.post("<presence xmlns='jabber:client'/>")
+        # RFC 6121 §4.2.2: the server echoes initial presence to the user's own resources.
+        await self._until(raw, b"<presence", "presence echo")
+        self.alive = True
+
+    async def hold(self) -> None:
+        """Keep one request held; record every benchmark message that comes back."""
+        load = self.load
+        counters = load.counters
+        seen = load.seen
+        try:
+            while True:
+                raw = await self.post()
+                if b">m" in raw:
+                    now = time.perf_counter_ns()
+                    found = False
+                    for m in _MSG.finditer(raw):
+                        seq = int(m.group(1))
+                        if seq in seen:
+                            counters.duplicates += 1
+                            continue
+                        seen[seq] = now - int(m.group(2))
+                        found = True
+                    if found:
+                        load.last_recv_ns = now
+                        counters.msg_responses += 1
+                        counters.received = len(seen)
+                        load.progress.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a dead session loses its messages: reported as lost
+            self.alive = False
+            counters.errors.append(f"{self.jid}: {exc!r}"[:300])
+
+
+class BoshLoad:
+    """N BOSH sessions against one endpoint."""
+
+    def __init__(self, url: str, domain: str, *, wait: int = 60) -> None:
+        self.url = url
+        self.domain = domain
+        self.wait = wait
+        self.counters = Counters()
+        self.seen: dict[int, int] = {}        # seq -> latency ns
+        self.progress = asyncio.Event()
+        self.last_recv_ns = 0
+        self.sessions: list[Session] = []
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None,
+                                         enable_cleanup_closed=False, keepalive_timeout=wait + 60)
+        self.http = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=wait + 30),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"), auto_decompress=False)
+
+    async def login_all(self, count: int, concurrency: int, on_done: "Callable[[int], None] | None" = None
+                        ) -> list[float]:
+        """Log in ``count`` sessions, ``concurrency`` at a time; returns each login's seconds.
+
+        A logged-in session immediately starts holding a request.
+        """
+        durations: list[float] = []
+        queue = iter(range(count))
+        failures: list[str] = []
+
+        async def worker() -> None:
+            for i in queue:
+                s = Session(self, i)
+                t0 = time.perf_counter()
+                try:
+                    await s.login()
+                except (LoginError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    failures.append(f"{s.jid}: {exc!r}"[:300])
+                    if len(failures) > 10:
+                        return
+                    continue
+                durations.append(time.perf_counter() - t0)
+                self.sessions.append(s)
+                s.task = asyncio.get_running_loop().create_task(s.hold())
+                if on_done is not None:
+                    on_done(len(self.sessions))
+
+        await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+        if failures:
+            raise LoginError(f"{len(failures)} login(s) failed, first: {failures[0]}")
+        return durations
+
+    def alive(self) -> int:
+        return sum(1 for s in self.sessions if s.alive and s.task is not None and not s.task.done())
+
+    async def wait_received(self, total: int, timeout: float) -> bool:
+        """Until ``total`` distinct messages arrived, or ``timeout`` seconds without progress."""
+        while len(self.seen) < total:
+            self.progress.clear()
+            try:
+                await asyncio.wait_for(self.progress.wait(), timeout)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self.sessions if s.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.http.close()

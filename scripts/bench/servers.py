@@ -1,0 +1,174 @@
+"""The two servers under test: a throwaway Prosody tuned for load, and bosh-cm in front of it.
+
+Prosody comes from the test fixture (tests/support/prosody.py) with a few global options
+appended: no per-connection idle timeouts that would cut held sessions, quieter logging
+(one INFO line per connection is CPU we would otherwise measure), and the BOSH limits
+raised. mod_limits (c2s rate limiting) is not in the fixture's module list; we check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.boshcm import render_toml  # noqa: E402
+from tests.support.prosody import ProsodyServer, _encode_store_name, _lua, free_port  # noqa: E402
+
+__all__ = ["BenchProsody", "BenchBoshCM", "PASSWORD", "user_name"]
+
+PASSWORD = "bench-pw"
+
+
+def user_name(i: int) -> str:
+    return f"u{i}"
+
+
+_EXTRA_CONFIG = """
+-- added by scripts/bench/servers.py for load: nothing may cut or throttle held sessions
+log = { { levels = { min = "warn" }, to = "file", filename = %(log)s } }
+c2s_timeout = 3600
+c2s_close_timeout = 5
+bosh_max_inactivity = 120
+bosh_max_wait = 120
+bosh_max_polling = 1
+network_settings = { read_timeout = 3600; send_timeout = 600; }
+"""
+
+
+class BenchProsody(ProsodyServer):
+    """The fixture's Prosody with load-friendly global options."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text()
+        if re.search(r'"limits"', text):
+            raise RuntimeError("mod_limits is enabled in the generated config: c2s would be throttled")
+        head, sep, tail = text.partition("\nVirtualHost ")
+        extra = _EXTRA_CONFIG % {"log": _lua(str(self.log_path))}
+        self.config_path.write_text(head + extra + sep + tail)
+
+    def create_users(self, count: int, iterations: int = 4096) -> None:
+        """``u0``..``u{count-1}`` plus ``sender``, all with :data:`PASSWORD`.
+
+        Same store format as ``register_many`` (SCRAM-SHA-1 keys), but the keys are derived
+        once and shared: thousands of PBKDF2 runs would take longer than the benchmark.
+        """
+        folder = self.data_path / _encode_store_name(self.domain) / "accounts"
+        folder.mkdir(parents=True, exist_ok=True)
+        salt = "benchsalt0123456789abcdef"
+        salted = hashlib.pbkdf2_hmac("sha1", PASSWORD.encode(), salt.encode(), iterations)
+        client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
+        stored_key = hashlib.sha1(client_key).hexdigest()
+        server_key = hmac.new(salted, b"Server Key", hashlib.sha1).hexdigest()
+        text = (f"return {{\n\t[\"iteration_count\"] = {iterations};\n\t[\"salt\"] = {_lua(salt)};\n"
+                f"\t[\"stored_key\"] = {_lua(stored_key)};\n\t[\"server_key\"] = {_lua(server_key)};\n}};\n")
+        names = [user_name(i) for i in range(count)] + ["sender"]
+        for name in names:
+            target = folder / (_encode_store_name(name) + ".dat")
+            if not target.exists() or target.read_text() != text:
+                target.write_text(text)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+class BenchBoshCM:
+    """``python -m bosh --config`` in front of a :class:`BenchProsody`, output to a file.
+
+    (tests/support/boshcm.py pipes the output through a thread of ours; at thousands of
+    sessions that thread would compete with the load generator for the GIL.)
+    """
+
+    def __init__(self, workdir: Path, prosody: BenchProsody, *, log_level: str = "INFO",
+                 event_loop: str = "asyncio", max_wait: int = 60) -> None:
+        from bosh import config as cfgmod  # the checkout's config: only keys it knows
+
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/http-bind"
+        self.event_loop = event_loop
+        bosh: dict[str, Any] = {"max_wait": max_wait, "max_inactivity": 120, "max_hold": 1,
+                                "max_sessions": 100_000, "max_sessions_per_ip": 0,
+                                "new_sessions_per_ip_per_minute": 0}
+        known = {f.name for f in dataclasses.fields(cfgmod.BoshConfig)}
+        bosh = {k: v for k, v in bosh.items() if k in known}
+        http: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "path": "/http-bind"}
+        self.config = {
+            "http": http,
+            "bosh": bosh,
+            "upstream": {"domains": [prosody.domain], "host": "127.0.0.1", "port": prosody.c2s_port,
+                         "tls": "required", "ca_file": str(prosody.cert_path),
+                         "connect_timeout": 30.0},
+            "log": {"level": log_level},
+        }
+        self.config_path = self.workdir / "bosh-cm.toml"
+        self.log_path = self.workdir / "bosh-cm.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30) -> None:
+        self.config_path.write_text(render_toml(self.config))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        if self.event_loop == "uvloop":
+            # Bench-only way to try uvloop without a config key: install its policy, then
+            # run the normal entry point (asyncio.run picks the policy's loop).
+            cmd = [sys.executable, "-c",
+                   "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+                   "from bosh.__main__ import main; sys.exit(main(sys.argv[1:]))",
+                   "--config", str(self.config_path)]
+        else:
+            cmd = [sys.executable, "-m", "bosh", "--config", str(self.config_path)]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            if "listening on http://" in text:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bosh-cm exited with {self.proc.returncode}:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"bosh-cm did not start within {timeout}s:\n{text[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, limit: int = 3000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[-limit:].decode(errors="replace")
