@@ -94,7 +94,8 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
     for section in ("http", "upstream"):
         if getattr(new, section) != getattr(current, section):
             log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
-    log.info("SIGHUP: reloaded [log] and [bosh] from %s (log level %s, max_sessions %d, "
+    # WARNING so that the notice survives a new, quieter level.
+    log.warning("SIGHUP: reloaded [log] and [bosh] from %s (log level %s, max_sessions %d, "
              "max_sessions_per_ip %d, new_sessions_per_ip_per_minute %d)", path, new.log.level,
              new.bosh.max_sessions, new.bosh.max_sessions_per_ip,
              new.bosh.new_sessions_per_ip_per_minute)
@@ -119,9 +120,6 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
         log.error("cannot listen on %s:%s: %s", cfg.http.host, cfg.http.port, exc.strerror)
         await runner.cleanup()
         return 1
-    host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host
-    scheme = "https" if tls is not None else "http"
-    log.info("listening on %s://%s:%d%s", scheme, host, cfg.http.port, cfg.http.path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,6 +130,10 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
         live[0] = reload_config(manager, live[0], config_path)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    # Announced only once the signal handlers are in place (launchers wait for this line).
+    host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host
+    scheme = "https" if tls is not None else "http"
+    log.info("listening on %s://%s:%d%s", scheme, host, cfg.http.port, cfg.http.path)
     await stop.wait()
     started = loop.time()
     log.info("shutting down: draining %d session(s), grace %g s", len(manager.registry),
