@@ -25,6 +25,7 @@ import asyncio
 import enum
 import logging
 import ssl
+import threading
 import xml.etree.ElementTree as ET
 from typing import Any, Mapping, Protocol, cast
 
@@ -50,13 +51,29 @@ if _slixmpp_log.level < logging.INFO:  # NOTSET (0) inherits from the root: pin 
 
 STREAM_FOOTER = b"</stream:stream>"
 
-#: Read buffer per TLS connection. asyncio allocates 256 KiB per connection, most of an
-#: upstream stream's memory; a TLS record carries at most 16 KiB of plaintext (RFC 8446
-#: §5.1), so 32 KiB loses nothing (design.md section 5). Measured with 100 STARTTLS
-#: streams against a local asyncio TLS server in the same process (tracemalloc, both
-#: sides counted): 556 KiB per stream before, 332 KiB with this buffer on our side only,
-#: i.e. about 224 KiB less per upstream stream.
+#: Plaintext read size per TLS connection (``SSLObject.read`` chunk). A TLS record carries
+#: at most 16 KiB of plaintext (RFC 8446 §5.1), so 32 KiB loses nothing (design.md
+#: section 5).
 TLS_READ_BUFFER = 32 * 1024
+
+#: The ciphertext receive buffer asyncio's SSLProtocol hands to ``sock.recv_into``. asyncio
+#: allocates one per connection (256 KiB by default, ``max_size``), but it is only used
+#: between ``get_buffer()`` and ``buffer_updated()``, which copies the bytes into the
+#: connection's MemoryBIO at once, both inside one synchronous ``_read_ready`` call. So one
+#: buffer per thread serves every stream. Measured (docs/performance.md, 1,000 real
+#: STARTTLS streams to Prosody in one process): 96.8 KiB RSS per stream with a 32 KiB
+#: buffer each, 64.9 KiB with this shared one.
+SHARED_RECV_BUFFER = 256 * 1024
+
+_per_thread = threading.local()
+
+
+def _shared_recv_view() -> memoryview:
+    view: memoryview | None = getattr(_per_thread, "view", None)
+    if view is None:
+        view = _per_thread.view = memoryview(bytearray(SHARED_RECV_BUFFER))
+    return view
+
 
 try:
     from asyncio import sslproto as _sslproto
@@ -64,7 +81,21 @@ try:
     class _SmallBufferSSLProtocol(_sslproto.SSLProtocol):
         max_size = TLS_READ_BUFFER
 
-    _HAVE_SMALL_BUFFER = hasattr(_sslproto.SSLProtocol, "max_size")
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Drop the per-connection buffer the base class just allocated.
+            self._ssl_buffer_view = _shared_recv_view()
+            self._ssl_buffer = self._ssl_buffer_view.obj
+
+        def get_buffer(self, n: int) -> memoryview:
+            # The base class would re-allocate when its buffer is smaller than asked;
+            # ours is never smaller than max_size, and buffer_updated reads the same view.
+            view = _shared_recv_view()
+            self._ssl_buffer_view = view
+            return view
+
+    _HAVE_SMALL_BUFFER = all(hasattr(_sslproto.SSLProtocol, a)
+                             for a in ("max_size", "get_buffer", "buffer_updated"))
 except (ImportError, AttributeError):  # another Python: fall back to loop.start_tls
     _HAVE_SMALL_BUFFER = False
 

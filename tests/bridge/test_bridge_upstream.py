@@ -14,7 +14,7 @@ from lxml import etree
 from bosh.config import UpstreamConfig
 from bosh.errors import Condition
 from bosh.ports import ClientElement, StreamInfo, StreamParams
-from xmpp_bridge.stream import TLS_READ_BUFFER
+from xmpp_bridge.stream import TLS_READ_BUFFER, _shared_recv_view
 from xmpp_bridge.upstream import XmppUpstream, XmppUpstreamFactory
 
 from bridge_fakes import (FEATURES_SASL, FEATURES_SASL_WITH_STARTTLS, FEATURES_TLS, HEADER_RE,
@@ -346,6 +346,8 @@ async def test_starttls_then_ready_with_post_tls_header(
     # Design §5: the TLS layer uses the small read buffer, not asyncio's 256 KiB.
     ssl_protocol = upstream._stream.transport._ssl_protocol  # type: ignore[union-attr]
     assert ssl_protocol.max_size == TLS_READ_BUFFER
+    # ... and no receive buffer of its own: the per-thread shared one (docs/performance.md).
+    assert ssl_protocol._ssl_buffer_view is _shared_recv_view()
     assert b"starttls" not in features and b"-PLUS" not in features
     # And stanzas flow over TLS.
     upstream.send([ClientElement("jabber:client", "presence", b"<presence/>")])
