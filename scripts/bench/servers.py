@@ -14,6 +14,7 @@ import hmac
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,14 @@ class BenchProsody(ProsodyServer):
         return self.proc.pid
 
 
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 class BenchBoshCM:
     """``python -m bosh --config`` in front of a :class:`BenchProsody`, output to a file.
 
@@ -147,8 +156,8 @@ class BenchBoshCM:
         deadline = time.monotonic() + timeout
         while True:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            if "listening on http://" in text:
-                return
+            if "listening on http://" in text or _port_open(self.port):
+                return  # (below INFO the "listening on" line is not logged)
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bosh-cm exited with {self.proc.returncode}:\n{text[-3000:]}")
             if time.monotonic() > deadline:

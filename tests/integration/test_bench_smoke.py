@@ -1,0 +1,50 @@
+"""scripts/bosh-bench runs end to end (tiny sizes): both servers, every message received.
+
+The figures themselves are not checked here (docs/performance.md holds those); this proves
+the one-command benchmark still works: Prosody + bosh-cm start, 20 sessions log in through
+both, the push and burst phases deliver every message, and the JSON and PNG are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.prosody import prosody_available
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_both_servers_no_lost_messages(tmp_path: Path) -> None:
+    if not prosody_available():
+        msg = "prosody/prosodyctl/openssl not installed (bash scripts/test installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    out = tmp_path / "out"
+    cmd = ["bash", str(ROOT / "scripts" / "bosh-bench"), "--sessions", "20", "--concurrency", "10",
+           "--messages", "50", "--rate", "100", "--burst", "200", "--idle", "1", "--settle", "10",
+           "--out", str(out)]
+    # The first run may install the bench extra (matplotlib, uvloop) into .venv.
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, f"bosh-bench failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    result = json.loads((out / "bench.json").read_text())
+    assert result["ok"] is True
+    assert result["lost_total"] == 0
+    (run,) = result["runs"]
+    for kind in ("bosh-cm", "prosody"):
+        r = run["targets"][kind]
+        assert r["ok"], r
+        assert r["idle"]["alive"] == 20
+        assert r["push"]["sent"] == 50 and r["push"]["lost"] == 0
+        assert r["burst"]["sent"] == 200 and r["burst"]["lost"] == 0
+        assert r["setup"]["sessions_per_s"] > 0
+    assert (out / "bench.png").stat().st_size > 1000
+    assert "| lost messages | 0 | 0 |" in res.stdout
