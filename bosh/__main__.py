@@ -91,7 +91,7 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
     apply_log_level(new.log.level)
     manager.reload(build_limits(new), new.bosh.max_sessions, build_client_limits(new),
                    new.bosh.max_stanza_bytes)
-    for section in ("http", "upstream"):
+    for section in ("http", "upstream", "server"):
         if getattr(new, section) != getattr(current, section):
             log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
     # WARNING so that the notice survives a new, quieter level.
@@ -157,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bosh-cm: config error: {exc}", file=sys.stderr)
         return 2
+    if cfg.server.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print(f"bosh-cm: config error: {args.config}: [server] event_loop: 'uvloop' needs "
+                  "the uvloop package (pip install 'bosh-cm[uvloop]')", file=sys.stderr)
+            return 2
+        # Python 3.11's asyncio.run has no loop_factory: set the policy instead.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     setup_logging(cfg.log.level)
     return asyncio.run(serve(cfg, args.config))
 

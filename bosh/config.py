@@ -89,11 +89,19 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    event_loop: str = field(default="asyncio", metadata=_meta(
+        "event loop; 'uvloop' needs the uvloop package (pip install 'bosh-cm[uvloop]'); "
+        "a change needs a restart", choices=("asyncio", "uvloop")))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = HttpConfig()
     bosh: BoshConfig = BoshConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     log: LogConfig = LogConfig()
+    server: ServerConfig = ServerConfig()
 
 
 def _type_name(tp: Any) -> str:

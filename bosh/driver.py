@@ -97,7 +97,11 @@ class Manager:
             body = wire.parse_body(data)
         except BoshError as exc:
             log.info("rejected request from %s: %s", client_ip, exc)
-            return self.error(exc.condition)
+            known = self.registry.get(exc.sid) if exc.sid is not None else None
+            if known is not None:
+                # The body names a live session: end it properly (§17.2, checklist #93).
+                return await known.reject(exc.condition, is_closing)
+            return self.error(exc.condition)  # no session to ask (checklist Q5): 200
         sid = body.sid
         driver = self.registry.get(sid) if sid is not None else None
         if self.max_stanza_bytes and any(len(e.data) > self.max_stanza_bytes for e in body.payload):
@@ -196,6 +200,12 @@ class SessionDriver:
         self._call(lambda s, now: s.receive(req, body, now))
         return await self._wait(req, fut)
 
+    async def reject(self, condition: Condition, is_closing: IsClosing) -> Reply:
+        """A body for this session that could not be parsed: end the session with it."""
+        req, fut = self._new_request(is_closing)
+        self._call(lambda s, now: s.reject(req, condition, now))
+        return await self._wait(req, fut)
+
     def _new_request(self, is_closing: IsClosing) -> tuple[int, asyncio.Future[Reply]]:
         req = self.manager.next_request_id()
         fut: asyncio.Future[Reply] = self._loop.create_future()
@@ -209,7 +219,8 @@ class SessionDriver:
             return await fut
         except asyncio.CancelledError:
             # The client went away (aiohttp handler cancellation): keep its data (design §4).
-            if not fut.done():
+            # Cancelling the handler cancels ``fut`` too, so "not answered" means cancelled.
+            if fut.cancelled() and req in self._futures:
                 self._forget(req)
                 self._call(lambda s, now: s.request_gone(req, now))
             raise
@@ -263,11 +274,10 @@ class SessionDriver:
         self._reap_dead(session, now)
         try:
             events = fn(session, now)
-        except Exception:  # a bug in the core must not take other sessions down
+            self._execute(events)
+        except Exception:  # a bug in the core or an adapter must not take others down
             log.exception("session %s: internal error", self.sid)
             self._crash()
-            return
-        self._execute(events)
 
     def _reap_dead(self, session: Session, now: float) -> None:
         """Before data is put into a held request, drop requests whose connection is
@@ -339,7 +349,10 @@ class SessionDriver:
         self._futures.clear()
         self._closing.clear()
         if self.upstream is not None:
-            self.upstream.close()
+            try:
+                self.upstream.close()
+            except Exception:  # already failing; the session is gone either way
+                log.exception("session %s: upstream close failed", self.sid)
             self.upstream = None
         m = self.manager.metrics
         m.sessions_ended.labels(Condition.INTERNAL_SERVER_ERROR.value).inc()

@@ -166,9 +166,6 @@ async def test_client_disconnect_before_delivery_keeps_data_for_the_next_request
     assert b"<body>hi</body>" in reply.body
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SessionDriver._wait checks `not fut.done()` after "
-                   "CancelledError, but cancelling the awaiting task already cancelled fut, so "
-                   "request_gone is never called and the next upstream data is put into the dead request")
 async def test_cancelled_request_keeps_data_for_the_next_request(
         manager: Manager, fake: FakeUpstreamFactory) -> None:
     """Design §4 (aiohttp handler cancellation): request_gone, data kept."""
@@ -323,9 +320,6 @@ async def test_rid_above_window_ends_session_and_tells_held_request_other_reques
     assert up.closed >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Manager.handle answers a body that fails wire.parse_body "
-                   "with bad-request without touching the session named by its sid: the held request "
-                   "is not told other-request and the session stays alive")
 async def test_malformed_body_under_valid_sid_ends_session_with_other_request(
         manager: Manager, fake: FakeUpstreamFactory) -> None:
     """§17.2 bad-request + other-request (checklist #93): REQ(N+2, P=<!-- x -->) → N+2 gets
@@ -339,8 +333,6 @@ async def test_malformed_body_under_valid_sid_ends_session_with_other_request(
     assert is_terminate(await within(task, 0.5), "other-request")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Manager.handle answers a malformed body under a legacy "
-                   "session's sid with HTTP 200 instead of 400 (the session's 'ver' is never consulted)")
 async def test_legacy_client_malformed_payload_under_valid_sid_is_http_400(
         manager: Manager, fake: FakeUpstreamFactory) -> None:
     """§17.1 (checklist #99): a malformed payload under a valid sid → 400 for a legacy client."""

@@ -252,9 +252,6 @@ async def test_client_disconnect_while_held_keeps_data_for_the_next_request(
     assert b"<body>hi</body>" in body
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an exception raised by the Upstream adapter (here "
-                   "Upstream.send) escapes SessionDriver._execute (only the core call in _call is "
-                   "guarded) and web.handle_post has no catch-all: a bare HTTP 500 text/plain page")
 async def test_adapter_failure_is_internal_server_error_not_http_500(
         client: TestClient, fake: FakeUpstreamFactory) -> None:
     """§17.2 internal-server-error (checklist #92): never a bare HTTP 500 page."""
