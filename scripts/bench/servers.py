@@ -104,7 +104,7 @@ class BenchBoshCM:
     """
 
     def __init__(self, workdir: Path, prosody: BenchProsody, *, log_level: str = "INFO",
-                 event_loop: str = "asyncio", max_wait: int = 60) -> None:
+                 event_loop: str = "asyncio", max_wait: int = 60, gc_threshold: str = "") -> None:
         from bosh import config as cfgmod  # the checkout's config: only keys it knows
 
         self.workdir = Path(workdir)
@@ -112,6 +112,7 @@ class BenchBoshCM:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/http-bind"
         self.event_loop = event_loop
+        self.gc_threshold = gc_threshold
         bosh: dict[str, Any] = {"max_wait": max_wait, "max_inactivity": 120, "max_hold": 1,
                                 "max_sessions": 100_000, "max_sessions_per_ip": 0,
                                 "new_sessions_per_ip_per_minute": 0}
@@ -139,11 +140,17 @@ class BenchBoshCM:
         self.config_path.write_text(render_toml(self.config))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        if self.event_loop == "uvloop":
-            # Bench-only way to try uvloop without a config key: install its policy, then
-            # run the normal entry point (asyncio.run picks the policy's loop).
+        if self.event_loop == "uvloop" or self.gc_threshold:
+            # Bench-only launcher for experiments that need no config key: uvloop's policy
+            # and/or gc.set_threshold, then the normal entry point (asyncio.run picks the
+            # policy's loop). See .core-requests / docs/performance.md.
+            pre = []
+            if self.event_loop == "uvloop":
+                pre.append("import uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())")
+            if self.gc_threshold:
+                pre.append(f"import gc; gc.set_threshold({self.gc_threshold})")
             cmd = [sys.executable, "-c",
-                   "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+                   "import asyncio, sys; " + "; ".join(pre) + "; "
                    "from bosh.__main__ import main; sys.exit(main(sys.argv[1:]))",
                    "--config", str(self.config_path)]
         else:
