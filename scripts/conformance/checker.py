@@ -101,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         print(r.line())
     counts = {s: sum(1 for r in results if r.status == s) for s in ("PASS", "FAIL", "SKIP")}
     summary = f"conformance: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"
-    print(f"# {args.url}  {elapsed:.1f}s  {len(ctx.exchanges)} HTTP requests", file=sys.stderr)
+    creates = sum(1 for ex in ctx.exchanges if ex.kind == "create")
+    print(f"# {args.url}  {elapsed:.1f}s  {len(ctx.exchanges)} HTTP requests, {creates} sessions",
+          file=sys.stderr)
     print(summary, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "url": args.url, "domain": args.domain, "seconds": round(elapsed, 2),
             "summary": summary, "passed": counts["PASS"], "failed": counts["FAIL"],
-            "skipped": counts["SKIP"], "http_requests": len(ctx.exchanges),
+            "skipped": counts["SKIP"], "http_requests": len(ctx.exchanges), "sessions": creates,
             "results": [{"id": r.n, "level": r.level, "title": r.title, "status": r.status,
                          "reason": r.reason, "seconds": round(r.seconds, 2)} for r in results],
         }, indent=2) + "\n")

@@ -24,9 +24,9 @@ from typing import Any
 from lxml import etree
 
 from conformance.core import Scope, check
-from conformance.client import (BIND, BODY, CLIENT, DEFAULT_CT, FEATURES, NS, SASL, ST, STANZAS, STREAMS,
+from conformance.client import (BIND, CLIENT, DEFAULT_CT, FEATURES, NS, SASL, ST, STANZAS, STREAMS,
                                 XB, BoshResp, Fail, Sess, Skip, bogus_auth, ensure, is_iq, is_message,
-                                is_sasl, message, ping, short, term_attrs, xq)
+                                is_sasl, message, ping, short, xq)
 from conformance.rawhttp import Conn
 
 XMPP_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -48,7 +48,7 @@ async def created(sc: Scope, **kw: Any) -> tuple[Sess, BoshResp]:
 def creation_failed(r: BoshResp) -> str:
     why = f"session creation failed: {r.describe()}"
     if r.is_term("policy-violation"):
-        why += (" (a per-client session limit? one run opens about 200 sessions from this address;"
+        why += (" (a per-client session limit? one run opens about 150 sessions from this address;"
                 " allow that for the test client)")
     return why
 
@@ -94,10 +94,6 @@ def need_idle(sc: Scope, seconds: float, what: str) -> None:
         raise Skip(f"{what} needs {seconds:.0f}s idle, more than --max-idle {sc.ctx.max_idle:.0f}s")
 
 
-async def gather_answers(tasks: list["asyncio.Task[BoshResp]"], timeout: float) -> None:
-    await asyncio.wait(tasks, timeout=timeout)
-
-
 def result_or_none(task: "asyncio.Task[BoshResp]") -> BoshResp | None:
     if task.done() and not task.cancelled() and task.exception() is None:
         return task.result()
@@ -118,10 +114,6 @@ def desc(task: "asyncio.Task[BoshResp]") -> str:
 def fail_reasons(reasons: list[str]) -> None:
     if reasons:
         raise Fail("; ".join(reasons))
-
-
-def stanza_from_self(s: Sess, text: str) -> Any:
-    return is_message(text)
 
 
 # ====================================================================== A. HTTP transport
@@ -470,7 +462,7 @@ def _body_shape(el: etree._Element) -> str | None:
     return None
 
 
-@check(17, "SHOULD", "body content: features | one SASL element | jabber:client stanzas [+ stream:error]",
+@check(17, "SHOULD", "body holds features, one SASL element, or jabber:client stanzas (+ stream:error)",
        phase=2)
 async def c17(sc: Scope) -> str | None:
     if sc.ctx.user and sc.ctx.password:
@@ -959,7 +951,6 @@ async def c52(sc: Scope) -> str | None:
         ensure(await s.is_held(t2, 0.3), "REQ(N+2) was answered too (it should stay held)")
         return "hold=2 variant"
     # hold=1: a second request releases the first; the first must be answered first.
-    t0 = time.monotonic()
     t1 = s.start()
     ensure(await s.is_held(t1), "REQ(N+1) not held")
     t2 = s.start(ping(sc.ctx.domain, "p" + secrets.token_hex(3)))
@@ -967,7 +958,7 @@ async def c52(sc: Scope) -> str | None:
     r1, r2 = result_or_none(t1), result_or_none(t2)
     ensure(r1 is not None and r2 is not None, "requests not answered")
     ensure(r2.http.done_at >= r1.http.done_at - 0.05, "REQ(N+2) answered before REQ(N+1)")
-    return f"hold=1 variant (CM granted hold={s.hold})" if time.monotonic() - t0 >= 0 else None
+    return f"hold=1 variant (CM granted hold={s.hold})"
 
 
 @check(53, "SHOULD", "server data is returned at once", login=True)

@@ -56,7 +56,7 @@ def run_checker(url: str, domain: str, out: Path, only: str | None, extra: list[
     print(proc.stderr, end="", file=sys.stderr)
     data = json.loads(out.read_text())
     data["wall"] = time.monotonic() - started
-    data["command"] = " ".join(cmd).replace(USERS["conf1"], "***").replace(USERS["conf2"], "***")
+    data["command"] = " ".join(c if not c.startswith(str(ROOT)) else c[len(str(ROOT)) + 1:] for c in cmd)
     return data
 
 
@@ -79,6 +79,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only")
     ap.add_argument("--markdown", help="write the side-by-side table here")
+    ap.add_argument("--doc", help="rewrite docs/conformance.md (item table + results) here")
     ap.add_argument("--serve", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args, extra = ap.parse_known_args()
@@ -109,6 +110,12 @@ def main() -> int:
         if args.markdown:
             Path(args.markdown).write_text(md)
         print(md)
+        if args.doc:
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from conformance.report import render
+            here = " ".join(["python", "scripts/conformance/compare.py", *sys.argv[1:]])
+            cmd = (f"{here}\n\n    # which ran, against each URL:\n    {a['command']}\n    {b['command']}")
+            Path(args.doc).write_text(render(a, b, cmd))
         return 0
     finally:
         if cm is not None:

@@ -3,7 +3,7 @@
 bosh-cm runs in front of the session Prosody with the checklist's CM test profile
 (docs/spec-checklist.md §0.1: wait cap 10 s, inactivity 4 s, polling 2 s, maxpause 20 s; hold
 cap 2 so the hold=2 variant of #52 runs too) and without per-client session-creation limits,
-since one checker run opens about 200 sessions from 127.0.0.1. The checker runs once per
+since one checker run opens about 150 sessions from 127.0.0.1. The checker runs once per
 module as a subprocess through the wrapper script, exactly as an operator would run it.
 
 * every MUST-level check passes;
