@@ -182,6 +182,7 @@ class XmppUpstream:
                     raise LookupError(reason)
                 await self._open_tcp(targets)
                 await self._ready
+                self._task = None  # finished: do not keep the task object per session
                 return
         except TimeoutError:
             reason = f"could not open the stream within {self._config.connect_timeout:g} s"

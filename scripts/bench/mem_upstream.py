@@ -54,6 +54,7 @@ async def measure(prosody: BenchProsody, n: int, trace: bool) -> None:
     await first.ready
     gc.collect()
     rss0 = rss_kib(os.getpid())
+    objs0 = len(gc.get_objects())
     if trace:
         tracemalloc.start(10)
         snap0 = tracemalloc.take_snapshot()
@@ -64,10 +65,19 @@ async def measure(prosody: BenchProsody, n: int, trace: bool) -> None:
     await asyncio.sleep(1)
     gc.collect()
     print(f"RSS per upstream stream: {(rss_kib(os.getpid()) - rss0) / n:.1f} KiB ({n} streams)")
+    # Every tracked object is visited by each full collection of the cyclic GC.
+    print(f"GC-tracked objects per upstream stream: {(len(gc.get_objects()) - objs0) / n:.0f}")
+    if "--types" in sys.argv:
+        from collections import Counter
+        before = Counter(type(o).__name__ for o in gc.get_objects())
+        print("   most common types now:", before.most_common(25))
     if trace:
         stats = tracemalloc.take_snapshot().compare_to(snap0, "lineno")
         print(f"traced Python allocations per stream: {sum(s.size_diff for s in stats) / n / 1024:.1f} KiB")
         for s in stats[:15]:
+            print(f"{s.size_diff / n:8.0f} B {s.count_diff / n:5.1f} blocks  {s.traceback}")
+        print("by file:")
+        for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")[:12]:
             print(f"{s.size_diff / n:8.0f} B {s.count_diff / n:5.1f} blocks  {s.traceback}")
     for u in ups:
         u.close()
