@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -344,6 +345,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _git_describe() -> str:
+    """The checkout being measured (bosh-cm runs from it), '-dirty' with local changes."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bosh-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,7 +402,8 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"params": {k: (str(v) if isinstance(v, Path) else v)
                                           for k, v in vars(args).items()},
                                "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                               "commit": _git_describe(), "runs": []}
     seq = 0
     for n in args.session_counts:
         run: dict[str, Any] = {"sessions": n, "targets": {}}
@@ -439,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
             if loop_kind == "uvloop":
                 raise
             loop_kind = "asyncio"
-    say(f"RLIMIT_NOFILE {limit}, load generator loop {loop_kind}, work dir {workdir}")
+    say(f"RLIMIT_NOFILE {limit}, load generator loop {loop_kind}, work dir {workdir}, "
+        f"checkout {_git_describe()}")
     try:
         results = asyncio.run(main_async(args, workdir))
     finally:
