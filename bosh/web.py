@@ -217,7 +217,10 @@ def make_runner(app: web.Application, shutdown_grace: float) -> web.AppRunner:
     * handler cancellation: a client that drops a held request is noticed at once;
     * ``lingering_time=0``: after refusing an oversized body the connection is closed
       instead of aiohttp reading and discarding the rest for up to 10 s;
-    * ``shutdown_timeout``: how long a drain waits for answers to be written.
+    * ``shutdown_timeout``: how long a drain waits for answers to be written;
+    * ``auto_decompress=False``: request Content-Encoding is undone by ``_decode`` alone,
+      bounded by ``max_body_bytes`` (§7.2 'accept'; aiohttp would inflate it first).
     """
     return web.AppRunner(app, handler_cancellation=True, access_log=None,
-                         shutdown_timeout=shutdown_grace, lingering_time=0)
+                         shutdown_timeout=shutdown_grace, lingering_time=0,
+                         auto_decompress=False)

@@ -10,6 +10,7 @@ Responses are built as bytes directly: payloads already arrive serialized (see
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -92,17 +93,20 @@ def parse_body(data: bytes) -> Body:
         raise BoshError(Condition.BAD_REQUEST, "empty request")
     try:
         root = etree.fromstring(data, _PARSER)
-    except etree.XMLSyntaxError as exc:
-        raise BoshError(Condition.BAD_REQUEST, f"malformed XML: {exc.msg}") from None
-    except ValueError as exc:  # e.g. an encoding declaration lxml refuses
-        raise BoshError(Condition.BAD_REQUEST, f"malformed XML: {exc}") from None
-    tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise BoshError(Condition.BAD_REQUEST, "DOCTYPE not allowed")  # §6, checklist #13
+    except (etree.XMLSyntaxError, ValueError) as exc:  # ValueError: e.g. a refused encoding
+        error = BoshError(Condition.BAD_REQUEST, f"malformed XML: {exc}")
+        # A terminal error ends the session the request names (§17.2, checklist #89), even
+        # when the document as a whole is unreadable (a billion-laughs DTD, say).
+        error.sid = _scan_attr(data, _SID_RE)
+        error.ver = _scan_attr(data, _VER_RE)
+        raise error from None
     if root.tag != f"{{{NS_HTTPBIND}}}body":
         raise BoshError(Condition.BAD_REQUEST, "root element must be {%s}body" % NS_HTTPBIND)
     attrs = _attrs(root)
     try:
+        tree = root.getroottree()
+        if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+            raise BoshError(Condition.BAD_REQUEST, "DOCTYPE not allowed")  # §6, checklist #13
         # Prolog/epilog comments and PIs are siblings of the root.
         if root.getprevious() is not None or root.getnext() is not None:
             raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
@@ -114,6 +118,16 @@ def parse_body(data: bytes) -> Body:
         exc.ver = attrs.get("ver")
         raise
     return Body(attrs=attrs, payload=payload)
+
+
+_SID_RE = re.compile(rb"<body\b[^>]*?\ssid\s*=\s*(['\"])([A-Za-z0-9_.~-]{1,128})\1")
+_VER_RE = re.compile(rb"<body\b[^>]*?\sver\s*=\s*(['\"])([0-9.]{1,16})\1")
+
+
+def _scan_attr(data: bytes, pattern: re.Pattern[bytes]) -> str | None:
+    """An attribute of the ``<body`` start tag of an unparseable document, if visible."""
+    match = pattern.search(data, 0, 65536)
+    return match.group(2).decode("ascii") if match else None
 
 
 def _attrs(elem: etree._Element) -> dict[str, str]:

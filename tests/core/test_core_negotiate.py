@@ -41,7 +41,7 @@ def test_hold_is_capped_by_max_hold_and_never_above_the_request(asked: str | Non
 
 @pytest.mark.parametrize("hold,requests", [("1", 2), ("0", 1), ("2", 3)])
 def test_requests_is_granted_hold_plus_one(hold: str, requests: int) -> None:
-    """§7.2 RECOMMENDED: requests = hold + 1 (checklist #33, #83; Q2/Q11 granted hold)."""
+    """§7.2 RECOMMENDED: requests = hold + 1 (checklist #33, #83) when the hold is granted."""
     t = terms(Limits(max_wait=10, max_inactivity=4, max_hold=2, polling=2), hold=hold)
     assert t.requests == requests
 
@@ -161,7 +161,8 @@ def test_creation_response_carries_every_negotiated_attribute() -> None:
     assert root.get("sid") == "SID"
     assert root.get("wait") == "10"
     assert root.get("hold") == "1"
-    assert root.get("requests") == "2"
+    # #33 / Q2: 'requests' exceeds the hold the client asked for (3), not only the granted 1.
+    assert root.get("requests") == "4"
     assert root.get("inactivity") == "4"
     assert root.get("polling") == "2"
     assert root.get("ver") == "1.10"

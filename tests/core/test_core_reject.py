@@ -22,10 +22,18 @@ def test_parser_error_names_the_sid_and_ver_of_a_readable_root() -> None:
     assert (info.value.sid, info.value.ver) == ("S1", "1.6")
 
 
-def test_parser_error_on_unreadable_xml_names_no_session() -> None:
-    """REC under #90: when the sid cannot be parsed, no session is touched."""
+def test_parser_error_on_unreadable_xml_still_names_a_visible_sid() -> None:
+    """#89: a terminal body ends the session the request names, even when the document is
+    unreadable as a whole (truncated, or a DTD the parser refuses outright)."""
     with pytest.raises(BoshError) as info:
         wire.parse_body(f"<body xmlns='{NS}' sid='S1' rid='7'".encode())
+    assert info.value.sid == "S1"
+
+
+def test_parser_error_without_a_visible_sid_names_no_session() -> None:
+    """REC under #90: when no sid can be seen, no session is touched."""
+    with pytest.raises(BoshError) as info:
+        wire.parse_body(b"<body xmlns='x' rid='7'><<")
     assert info.value.sid is None
 
 
