@@ -9,6 +9,7 @@ with system-shutdown, every upstream stream closed with ``</stream:stream>``, wi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import logging
 import signal
@@ -50,7 +51,8 @@ def build_manager(cfg: config_mod.Config, upstreams: UpstreamFactory | None = No
 
         upstreams = XmppUpstreamFactory(cfg.upstream)
     return Manager(build_limits(cfg), cfg.upstream.domains, cfg.bosh.max_sessions, upstreams,
-                   client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes)
+                   client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes,
+                   see_other_uri=cfg.bosh.see_other_uri)
 
 
 def server_ssl_context(http: config_mod.HttpConfig) -> ssl.SSLContext | None:
@@ -90,9 +92,13 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
         return current
     apply_log_level(new.log.level)
     manager.reload(build_limits(new), new.bosh.max_sessions, build_client_limits(new),
-                   new.bosh.max_stanza_bytes)
-    for section in ("http", "upstream", "server"):
-        if getattr(new, section) != getattr(current, section):
+                   new.bosh.max_stanza_bytes, new.upstream.domains, new.bosh.see_other_uri)
+    # [upstream] domains are live (sessions of a dropped domain get host-gone); the rest of
+    # [upstream], [http] and [server] need a restart.
+    live_upstream = dataclasses.replace(current.upstream, domains=new.upstream.domains)
+    for section, running in (("http", current.http), ("upstream", live_upstream),
+                             ("server", current.server)):
+        if getattr(new, section) != running:
             log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
     # WARNING so that the notice survives a new, quieter level.
     log.warning("SIGHUP: reloaded [log] and [bosh] from %s (log level %s, max_sessions %d, "
@@ -100,7 +106,7 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
              new.bosh.max_sessions, new.bosh.max_sessions_per_ip,
              new.bosh.new_sessions_per_ip_per_minute)
     # Keep [http]/[upstream] as running: a later reload compares against what is live.
-    return config_mod.Config(http=current.http, bosh=new.bosh, upstream=current.upstream, log=new.log)
+    return dataclasses.replace(current, bosh=new.bosh, log=new.log, upstream=live_upstream)
 
 
 async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:

@@ -64,6 +64,9 @@ class BoshConfig:
                        1024, 268_435_456))
     max_stanza_bytes: int = field(
         default=262_144, metadata=_meta("largest single payload element from a client, bytes", 256, 67_108_864))
+    see_other_uri: str = field(
+        default="", metadata=_meta("when set, new sessions are sent to this BOSH URL with "
+                                   "see-other-uri (§17.2), e.g. to drain this node; empty = off"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,13 +54,15 @@ class Manager:
 
     def __init__(self, limits: Limits, domains: Sequence[str], max_sessions: int,
                  upstreams: UpstreamFactory, *, client_limits: ClientLimits | None = None,
-                 max_stanza_bytes: int = 0, metrics: Metrics | None = None) -> None:
+                 max_stanza_bytes: int = 0, metrics: Metrics | None = None,
+                 see_other_uri: str = "") -> None:
         self.limits = limits
         self.domains = frozenset(d.lower() for d in domains)
         self.upstreams = upstreams
         self.registry: Registry[SessionDriver] = Registry(max_sessions)
         self.client_limits = client_limits if client_limits is not None else ClientLimits()
         self.max_stanza_bytes = max_stanza_bytes
+        self.see_other_uri = see_other_uri
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.track_sessions(lambda: len(self.registry), self.held_count)
         self.accepting = True
@@ -126,6 +128,11 @@ class Manager:
         legacy = body.get("ver") is None
         if not self.accepting:
             return self.error(Condition.SYSTEM_SHUTDOWN)
+        if self.see_other_uri:
+            # §17.2 see-other-uri: the operator sends new sessions elsewhere (draining).
+            self.metrics.errors.labels(Condition.SEE_OTHER_URI.value).inc()
+            uri = b"<uri>" + wire.escape_text(self.see_other_uri).encode() + b"</uri>"
+            return Reply(200, wire.render_terminate(Condition.SEE_OTHER_URI, (uri,)))
         now = asyncio.get_running_loop().time()
         if now - self._pruned_at > 60:
             self.client_limits.prune(now)
@@ -152,13 +159,22 @@ class Manager:
         return await driver.create(terms, is_closing)
 
     def reload(self, limits: Limits, max_sessions: int, client_limits: ClientLimits,
-               max_stanza_bytes: int) -> None:
+               max_stanza_bytes: int, domains: Sequence[str] | None = None,
+               see_other_uri: str = "") -> None:
         """Apply new limits (SIGHUP). Open sessions keep the terms they negotiated; their
-        per-address counts carry over to the new policy."""
+        per-address counts carry over to the new policy. Sessions of a domain that is no
+        longer served end with host-gone (§17.2)."""
         self.limits = limits
         self.registry.max_sessions = max_sessions
         self.client_limits.policy = client_limits.policy
         self.max_stanza_bytes = max_stanza_bytes
+        self.see_other_uri = see_other_uri
+        if domains is not None:
+            self.domains = frozenset(d.lower() for d in domains)
+            for driver in self.registry:
+                session = driver.session
+                if session is not None and session.terms.stream.to.lower() not in self.domains:
+                    driver.end(Condition.HOST_GONE)
 
     async def shutdown(self, condition: Condition = Condition.SYSTEM_SHUTDOWN) -> None:
         """Stop accepting sessions and end every open one with ``condition`` (§17.2)."""

@@ -202,6 +202,10 @@ def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int,
 # ---------------------------------------------------------------------------------------
 # Rendering
 
+def escape_text(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _escape_attr(value: str) -> str:
     return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace("'", "&apos;").replace('"', "&quot;"))

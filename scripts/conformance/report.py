@@ -34,17 +34,14 @@ STATUS: dict[int, str] = {
     72: "n/a: 'inactivity' is always advertised",
     80: "n/a: 'requests' is always advertised",
     82: "n/a: 'polling' is always advertised",
-    91: "declined: the served domains are fixed at start (no live reload); a restart ends sessions "
-        "with system-shutdown (#97)",
-    96: "declined: bosh-cm never redirects; https-only deployments terminate TLS in front of it",
     98: "n/a: bosh-cm never sends undefined-condition (every failure maps to a defined condition, "
         "internal failures to internal-server-error #92)",
     124: "declined: a transparent CM does not vouch for HTTP-level identities; SASL EXTERNAL would "
          "need a trusted channel to the server",
-    127: "deployment: serve it behind a TLS proxy; direct HTTPS serving is being added "
-         "(`[http] tls_cert`/`tls_key`)",
-    128: "declined for now: needs HTTPS serving in bosh-cm itself (another developer is adding it); "
-         "behind a TLS proxy the proxy decides",
+    127: "deployment: `[http] tls_cert`/`tls_key` serve HTTPS directly "
+         "(tests/integration/test_ops_logs_tls.py), or terminate TLS in a proxy in front",
+    128: "declined: one listener serves one scheme, so with `tls_cert` a session never sees "
+         "plain http; behind a TLS proxy, refusing plain http for a session is the proxy's job",
 }
 for _n in range(103, 114):
     if _n != 104:
