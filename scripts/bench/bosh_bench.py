@@ -374,7 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip Prosody's BOSH above this many sessions (0 = never skip)")
     p.add_argument("--log-level", default="INFO", help="bosh-cm [log] level (default INFO, its default)")
     p.add_argument("--cm-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                   help="event loop for bosh-cm (uvloop: bench-only launcher)")
+                   help="event loop for bosh-cm ([server] event_loop; a launcher on older checkouts)")
     p.add_argument("--cm-gc-threshold", default="",
                    help="e.g. 100000,50,1000: gc.set_threshold in bosh-cm (bench-only launcher)")
     p.add_argument("--loadgen-loop", choices=("auto", "asyncio", "uvloop"), default="auto")

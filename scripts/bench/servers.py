@@ -103,7 +103,7 @@ class BenchBoshCM:
     sessions that thread would compete with the load generator for the GIL.)
     """
 
-    def __init__(self, workdir: Path, prosody: BenchProsody, *, log_level: str = "INFO",
+    def __init__(self, workdir: Path, prosody: "BenchProsody", *, log_level: str = "INFO",
                  event_loop: str = "asyncio", max_wait: int = 60, gc_threshold: str = "") -> None:
         from bosh import config as cfgmod  # the checkout's config: only keys it knows
 
@@ -127,6 +127,13 @@ class BenchBoshCM:
                          "connect_timeout": 30.0},
             "log": {"level": log_level},
         }
+        # uvloop through the config key when this checkout has it ([server] event_loop);
+        # older checkouts get the bench-only launcher below.
+        server_cfg = getattr(cfgmod, "ServerConfig", None)
+        self.loop_by_config = event_loop == "uvloop" and server_cfg is not None and \
+            "event_loop" in {f.name for f in dataclasses.fields(server_cfg)}
+        if self.loop_by_config:
+            self.config["server"] = {"event_loop": "uvloop"}
         self.config_path = self.workdir / "bosh-cm.toml"
         self.log_path = self.workdir / "bosh-cm.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -140,12 +147,13 @@ class BenchBoshCM:
         self.config_path.write_text(render_toml(self.config))
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        if self.event_loop == "uvloop" or self.gc_threshold:
+        launcher_loop = self.event_loop == "uvloop" and not self.loop_by_config
+        if launcher_loop or self.gc_threshold:
             # Bench-only launcher for experiments that need no config key: uvloop's policy
             # and/or gc.set_threshold, then the normal entry point (asyncio.run picks the
             # policy's loop). See .core-requests / docs/performance.md.
             pre = []
-            if self.event_loop == "uvloop":
+            if launcher_loop:
                 pre.append("import uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())")
             if self.gc_threshold:
                 pre.append(f"import gc; gc.set_threshold({self.gc_threshold})")
