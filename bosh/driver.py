@@ -298,8 +298,10 @@ class SessionDriver:
     def _reap_dead(self, session: Session, now: float) -> None:
         """Before data is put into a held request, drop requests whose connection is
         already closing, so their data goes to the next request instead (design.md §4)."""
-        for req, is_closing in list(self._closing.items()):
-            if is_closing():
+        # Hot path: usually nothing is closing, so allocate nothing then.
+        dead = [req for req, is_closing in self._closing.items() if is_closing()]
+        for req in dead:
+            if req in self._closing:
                 fut = self._futures.get(req)
                 self._forget(req)
                 if fut is not None and not fut.done():
