@@ -329,6 +329,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 if kind == "bosh-cm":
                     ax2.plot([x[0] for x in s], [(x[2] - base[2]) / 1024 for x in s], styles[i % 4],
                              color="tab:green", alpha=0.7, label=f"Prosody behind bosh-cm, {n:,} run")
+    biggest = max((run["sessions"] for run in results["runs"]), default=0)
+    if biggest:
+        ax2.plot([0, biggest], [0, biggest * 64 / 1024], color="gray", linewidth=0.8,
+                 linestyle=(0, (1, 3)), label="target: 64 KiB per session")
     ax1.set_xscale("log")
     ax1.set_xlabel("push latency (ms, log scale)")
     ax1.set_ylabel("% of messages delivered within")
@@ -384,6 +388,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default a new /tmp folder)")
     p.add_argument("--keep", action="store_true", help="keep the Prosody/bosh-cm work folder")
     p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                   help="only redraw the chart (--chart, default next to it) from a result file")
     args = p.parse_args(argv)
     args.session_counts = [int(x) for x in str(args.sessions).split(",") if x.strip()]
     args.target_list = [t for t in args.targets.split(",") if t]
@@ -426,6 +432,11 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        target = args.chart or args.replot.with_suffix(".png")
+        chart(json.loads(args.replot.read_text()), target)
+        say(f"chart: {target}")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("slixmpp").setLevel(logging.ERROR)
     biggest = max(args.session_counts)

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench/mem_upstream.py 1000          # RSS per stream
     .venv/bin/python scripts/bench/mem_upstream.py 1000 --trace  # + tracemalloc top lines
+    .venv/bin/python scripts/bench/mem_upstream.py 1000 --plain  # no STARTTLS: what TLS costs
 
 What it opens is exactly what bosh-cm opens per BOSH session upstream
 (``XmppUpstreamFactory.open``: TCP, header, STARTTLS, post-TLS features); no BOSH side.
@@ -47,7 +48,8 @@ class _Listener:
 
 async def measure(prosody: BenchProsody, n: int, trace: bool) -> None:
     cfg = UpstreamConfig(domains=("localhost",), host="127.0.0.1", port=prosody.c2s_port,
-                         ca_file=str(prosody.cert_path))
+                         ca_file=str(prosody.cert_path),
+                         tls="none" if "--plain" in sys.argv else "required")
     factory = XmppUpstreamFactory(cfg)
     params = StreamParams(to="localhost", lang="en", from_=None, version="1.0", route=None)
     first = _Listener()
