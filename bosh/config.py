@@ -141,7 +141,7 @@ def _convert(where: str, tp: Any, meta: Mapping[str, Any], value: Any) -> Any:
 
 def from_mapping(data: Mapping[str, Any], source: str = "<config>") -> Config:
     """Build a :class:`Config` from parsed TOML, strictly."""
-    sections = {f.name: f for f in dataclasses.fields(Config)}
+    sections = typing.get_type_hints(Config)
     built: dict[str, Any] = {}
     for name, table in data.items():
         if name not in sections:
@@ -149,7 +149,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "<config>") -> Config:
                               + ", ".join(f"[{s}]" for s in sections))
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
-        cls = sections[name].default.__class__
+        cls = sections[name]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
         kwargs = {}

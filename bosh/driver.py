@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from bosh import wire
 from bosh.errors import BoshError, Condition
@@ -196,8 +196,9 @@ class SessionDriver:
         self._upstream_live = False
         self._opened_at: float | None = None
         self._loop = asyncio.get_running_loop()
-        self._futures: dict[int, asyncio.Future[Reply]] = {}
-        self._closing: dict[int, IsClosing] = {}
+        # Keyed by the request token the core sees (an int from Manager.next_request_id).
+        self._futures: dict[Hashable, asyncio.Future[Reply]] = {}
+        self._closing: dict[Hashable, IsClosing] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
@@ -241,7 +242,7 @@ class SessionDriver:
                 self._call(lambda s, now: s.request_gone(req, now))
             raise
 
-    def _forget(self, req: int) -> None:
+    def _forget(self, req: Hashable) -> None:
         self._futures.pop(req, None)
         self._closing.pop(req, None)
 

@@ -266,6 +266,10 @@ class Session:
         self._out: list[Event] = [OpenUpstream(terms.stream)]
 
     @property
+    def alive(self) -> bool:
+        return self.state is not State.ENDED
+
+    @property
     def content_type(self) -> str:
         return self.terms.content
 
@@ -397,10 +401,10 @@ class Session:
         self._parked[rid] = (request, body)
         self._parked_deadline[rid] = now + self.terms.wait
         self._where[request] = rid
-        while self.state is not State.ENDED and (nxt := self._parked.pop(self._last_rid + 1, None)):
+        while self.alive and (nxt := self._parked.pop(self._last_rid + 1, None)):
             self._parked_deadline.pop(self._last_rid + 1, None)
             self._process(nxt[0], self._last_rid + 1, nxt[1])
-        if self.state is not State.ENDED:
+        if self.alive:  # processing may have ended the session
             self._enforce_hold()
             self._flush()
         return self._take()
