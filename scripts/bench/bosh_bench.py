@@ -229,6 +229,12 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
             await load.close()
         if sender is not None:
             await sender.close()
+            # slixmpp leaves its send-filter task pending after a disconnect: reap it here
+            # rather than have asyncio complain when it is garbage-collected.
+            task = getattr(sender, "_run_out_filters", None)
+            if isinstance(task, asyncio.Task) and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if cm is not None:
             cm.stop()
         prosody.stop()
