@@ -9,8 +9,6 @@ raised. mod_limits (c2s rate limiting) is not in the fixture's module list; we c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import os
 import re
 import signal
@@ -26,7 +24,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.boshcm import render_toml  # noqa: E402
-from tests.support.prosody import ProsodyServer, _encode_store_name, _lua, free_port  # noqa: E402
+from tests.support.prosody import (  # noqa: E402
+    ProsodyServer, _encode_store_name, _lua, free_port, scram_account_text,
+)
 
 __all__ = ["BenchProsody", "BenchBoshCM", "PASSWORD", "user_name"]
 
@@ -69,13 +69,7 @@ class BenchProsody(ProsodyServer):
         """
         folder = self.data_path / _encode_store_name(self.domain) / "accounts"
         folder.mkdir(parents=True, exist_ok=True)
-        salt = "benchsalt0123456789abcdef"
-        salted = hashlib.pbkdf2_hmac("sha1", PASSWORD.encode(), salt.encode(), iterations)
-        client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
-        stored_key = hashlib.sha1(client_key).hexdigest()
-        server_key = hmac.new(salted, b"Server Key", hashlib.sha1).hexdigest()
-        text = (f"return {{\n\t[\"iteration_count\"] = {iterations};\n\t[\"salt\"] = {_lua(salt)};\n"
-                f"\t[\"stored_key\"] = {_lua(stored_key)};\n\t[\"server_key\"] = {_lua(server_key)};\n}};\n")
+        text = scram_account_text(PASSWORD, "benchsalt0123456789abcdef", iterations)
         names = [user_name(i) for i in range(count)] + ["sender"]
         for name in names:
             target = folder / (_encode_store_name(name) + ".dat")

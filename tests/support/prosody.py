@@ -70,6 +70,16 @@ def _encode_store_name(name: str) -> str:
     return "".join(c if c.isalnum() else "%%%02x" % ord(c) for c in name)
 
 
+def scram_account_text(password: str, salt: str, iterations: int) -> str:
+    """One ``internal_hashed`` account file as Prosody writes it (SCRAM-SHA-1 keys in hex)."""
+    salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(), iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
+    stored_key = hashlib.sha1(client_key).hexdigest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha1).hexdigest()
+    return (f"return {{\n\t[\"iteration_count\"] = {iterations};\n\t[\"salt\"] = {_lua(salt)};\n"
+            f"\t[\"stored_key\"] = {_lua(stored_key)};\n\t[\"server_key\"] = {_lua(server_key)};\n}};\n")
+
+
 class ProsodyServer:
     """One Prosody instance in ``workdir``, c2s (STARTTLS required) + HTTP (mod_bosh) on loopback."""
 
@@ -269,13 +279,7 @@ VirtualHost {_lua(self.domain)}
         folder = self.data_path / _encode_store_name(self.domain) / "accounts"
         folder.mkdir(parents=True, exist_ok=True)
         for user, password in users:
-            salt = secrets.token_hex(16)
-            salted = hashlib.pbkdf2_hmac("sha1", password.encode(), salt.encode(), iterations)
-            client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
-            stored_key = hashlib.sha1(client_key).hexdigest()
-            server_key = hmac.new(salted, b"Server Key", hashlib.sha1).hexdigest()
-            text = (f"return {{\n\t[\"iteration_count\"] = {iterations};\n\t[\"salt\"] = {_lua(salt)};\n"
-                    f"\t[\"stored_key\"] = {_lua(stored_key)};\n\t[\"server_key\"] = {_lua(server_key)};\n}};\n")
+            text = scram_account_text(password, secrets.token_hex(16), iterations)
             target = folder / (_encode_store_name(user.lower()) + ".dat")
             tmp = target.with_suffix(".tmp")
             tmp.write_text(text)
