@@ -163,6 +163,23 @@ def _negotiate_ver(raw: str | None) -> str | None:
     return f"{major}.{minor}"
 
 
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _content_type(raw: str | None) -> str:
+    """§7.1 'content' is echoed as every response's Content-Type (#7), so it must be a
+    plausible media type: printable ASCII, no CR/LF (header injection), 'type/subtype'."""
+    if raw is None:
+        return DEFAULT_CONTENT
+    media, _, _params = raw.partition(";")
+    kind, slash, sub = media.strip().partition("/")
+    printable = all(" " <= ch <= "~" for ch in raw)
+    if not (printable and slash and kind and sub and len(raw) <= 256
+            and set(kind) <= _TOKEN_CHARS and set(sub) <= _TOKEN_CHARS):
+        raise BoshError(Condition.BAD_REQUEST, "invalid 'content' attribute")
+    return raw
+
+
 def negotiate(body: Body, limits: Limits, domains: frozenset[str]) -> Terms:
     """Validate a creation request and agree the session terms, or raise ``BoshError``."""
     rid = body.rid
@@ -198,7 +215,7 @@ def negotiate(body: Body, limits: Limits, domains: frozenset[str]) -> Terms:
         # less (checklist Q2); hold + 1 is the recommended value.
         requests=max(asked_hold, hold) + 1,
         inactivity=inactivity, polling=limits.polling, ver=ver,
-        content=body.get("content") or DEFAULT_CONTENT,
+        content=_content_type(body.get("content")),
         stream=stream,
         acks=body.get("ack") == "1",
         maxpause=limits.max_pause,

@@ -1,5 +1,6 @@
-"""A request the parser refuses but that names a live session ends that session properly
-(XEP-0124 §17.2 bad-request and other-request; checklist #90, #93, #99)."""
+"""Refused input: a request the parser refuses but that names a live session ends that
+session properly (XEP-0124 §17.2 bad-request and other-request; checklist #90, #93, #99),
+and a creation 'content' that cannot be a Content-Type is refused (#7)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import pytest
 
 from bosh import wire
 from bosh.errors import BoshError, Condition
-from bosh.session import State
+from bosh.session import State, negotiate
 from tests.core._helpers import (
-    NS, RID0, SessionEnded, answer_for, is_terminate, kinds, new_session, req,
+    DOMAINS, LIMITS, NS, RID0, SessionEnded, answer_for, body, create_attrs, is_terminate, kinds,
+    new_session, req,
 )
 
 
@@ -55,3 +57,18 @@ def test_reject_uses_the_legacy_status_for_a_client_without_ver() -> None:
     events = s.reject("r2", Condition.BAD_REQUEST, 1.0)
     assert answer_for(events, "r2").status == 400
 
+
+
+@pytest.mark.parametrize("content", ["text/xml\r\nSet-Cookie: a=b", "text/xml; charset=\u00e9",
+                                     "nonsense", "", "text/", "/xml"])
+def test_unusable_content_attribute_is_bad_request(content: str) -> None:
+    """§7.1 'content' becomes the Content-Type of every response (#7): a value that is not a
+    media type, or that would inject a header, is refused with bad-request at creation."""
+    with pytest.raises(BoshError) as info:
+        negotiate(body(create_attrs(content=content.replace("\r\n", "&#13;&#10;"))), LIMITS, DOMAINS)
+    assert info.value.condition is Condition.BAD_REQUEST
+
+
+def test_media_type_with_parameters_is_echoed_unchanged() -> None:
+    terms = negotiate(body(create_attrs(content="text/html; charset=utf-8")), LIMITS, DOMAINS)
+    assert terms.content == "text/html; charset=utf-8"
