@@ -39,6 +39,10 @@ class Reply:
     codings: tuple[str, ...] = ()  # content codings the client accepts (§7.1 'accept')
 
 
+# The answer that is no answer: close the connection (XEP-0124 §19.1, checklist #128).
+DROP = Reply(0, b"")
+
+
 def error_reply(condition: Condition, legacy: bool = False) -> Reply:
     """The answer to a request that has no session (yet). Design.md §4: rendered in one place."""
     status = condition.legacy_http_status if legacy else 200
@@ -75,12 +79,17 @@ class Manager:
     def held_count(self) -> int:
         return sum(d.session.held_count for d in self.registry if d.session is not None)
 
-    async def handle(self, data: bytes, is_closing: IsClosing, client_ip: str = "-") -> Reply:
-        """Handle one POSTed body and return the complete answer (maybe much later)."""
+    async def handle(self, data: bytes, is_closing: IsClosing, client_ip: str = "-",
+                     secure: bool = False) -> Reply:
+        """Handle one POSTed body and return the complete answer (maybe much later).
+
+        ``secure``: the request came over https (directly or via a trusted proxy). The answer
+        is :data:`DROP` when the connection must be closed without one (§19.1).
+        """
         m = self.metrics
         m.requests.inc()
         started = asyncio.get_running_loop().time()
-        reply = await self._handle(data, is_closing, client_ip)  # cancelled: client went away
+        reply = await self._handle(data, is_closing, client_ip, secure)  # cancelled: client went away
         m.response_latency.observe(asyncio.get_running_loop().time() - started)
         return reply
 
@@ -94,7 +103,8 @@ class Manager:
         self.metrics.limit_hits.labels(limit).inc()
         return self.error(condition, legacy)
 
-    async def _handle(self, data: bytes, is_closing: IsClosing, client_ip: str) -> Reply:
+    async def _handle(self, data: bytes, is_closing: IsClosing, client_ip: str,
+                      secure: bool) -> Reply:
         try:
             body = wire.parse_body(data)
         except BoshError as exc:
@@ -106,6 +116,10 @@ class Manager:
             return self.error(exc.condition)  # no session to ask (checklist Q5): 200
         sid = body.sid
         driver = self.registry.get(sid) if sid is not None else None
+        if driver is not None and driver.secure and not secure:
+            log.warning("session %s: plain-http request from %s dropped (session is https)",
+                        sid, client_ip)
+            return DROP
         if self.max_stanza_bytes and any(len(e.data) > self.max_stanza_bytes for e in body.payload):
             # Bounded before the core sees it: the session ends with policy-violation (§17.2).
             log.info("session %s: stanza over %d bytes from %s", sid or "-", self.max_stanza_bytes,
@@ -114,7 +128,7 @@ class Manager:
                 driver.end(Condition.POLICY_VIOLATION)
             return self.limit_hit("stanza_size", legacy=body.get("ver") is None and sid is None)
         if sid is None:
-            return await self._create(body, is_closing, client_ip)
+            return await self._create(body, is_closing, client_ip, secure)
         if driver is None:
             # Checklist Q5: we cannot know whether an unknown sid's client is legacy: 200.
             return self.error(Condition.ITEM_NOT_FOUND)
@@ -124,7 +138,8 @@ class Manager:
             self.metrics.bytes.labels("in").inc(sum(len(e.data) for e in body.payload))
         return await driver.request(body, is_closing)
 
-    async def _create(self, body: wire.Body, is_closing: IsClosing, client_ip: str) -> Reply:
+    async def _create(self, body: wire.Body, is_closing: IsClosing, client_ip: str,
+                      secure: bool = False) -> Reply:
         legacy = body.get("ver") is None
         if not self.accepting:
             return self.error(Condition.SYSTEM_SHUTDOWN)
@@ -153,7 +168,7 @@ class Manager:
         except BoshError as exc:
             log.warning("session refused for %s: %s", client_ip, exc)
             return self.limit_hit("per_ip", exc.condition, legacy)
-        driver = SessionDriver(self, sid, client_ip)
+        driver = SessionDriver(self, sid, client_ip, secure)
         self.registry.add(sid, driver)
         self.metrics.sessions_created.inc()
         return await driver.create(terms, is_closing)
@@ -186,10 +201,11 @@ class Manager:
 class SessionDriver:
     """Executes one session's events; is the session's ``UpstreamListener``."""
 
-    def __init__(self, manager: Manager, sid: str, client_ip: str = "-") -> None:
+    def __init__(self, manager: Manager, sid: str, client_ip: str = "-", secure: bool = False) -> None:
         self.manager = manager
         self.sid = sid
         self.client_ip = client_ip
+        self.secure = secure  # created over https: stays https (§19.1)
         self.session: Session | None = None
         self.upstream: Upstream | None = None
         self._released = False

@@ -144,3 +144,14 @@ def client_address(peer: str | None, forwarded_for: Sequence[str], trusted: Netw
         if not _trusted(addr, trusted):
             break
     return str(current)
+
+
+def forwarded_secure(transport_secure: bool, peer: str | None, forwarded_proto: Sequence[str],
+                     trusted: Networks) -> bool:
+    """Did the client reach us over https? ``X-Forwarded-Proto`` counts only when the TCP
+    peer is a trusted proxy (its rightmost value: the one our proxy set)."""
+    peer_addr = _ip(peer) if peer else None
+    if peer_addr is None or not trusted or not _trusted(peer_addr, trusted) or not forwarded_proto:
+        return transport_secure
+    last = forwarded_proto[-1].split(",")[-1].strip().lower()
+    return last == "https"

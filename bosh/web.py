@@ -15,9 +15,9 @@ import zlib
 from aiohttp import web
 
 from bosh.config import HttpConfig
-from bosh.driver import Manager, Reply
+from bosh.driver import DROP, Manager, Reply
 from bosh.errors import BoshError, Condition
-from bosh.limits import client_address, parse_networks
+from bosh.limits import client_address, forwarded_secure, parse_networks
 from bosh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bosh.session import CODINGS
 
@@ -100,16 +100,25 @@ def _decode(data: bytes, coding: str, limit: int) -> bytes:
     return out
 
 
-def request_client_ip(request: web.Request) -> str:
-    """The client address for limits and logs: X-Forwarded-For only from trusted proxies."""
-    peer = None
+def _peer(request: web.Request) -> str | None:
     transport = request.transport
     if transport is not None:
         peername = transport.get_extra_info("peername")
         if isinstance(peername, (tuple, list)) and peername:
-            peer = str(peername[0])
-    return client_address(peer, request.headers.getall("X-Forwarded-For", []),
+            return str(peername[0])
+    return None
+
+
+def request_client_ip(request: web.Request) -> str:
+    """The client address for limits and logs: X-Forwarded-For only from trusted proxies."""
+    return client_address(_peer(request), request.headers.getall("X-Forwarded-For", []),
                           request.app[TRUSTED_KEY])
+
+
+def request_secure(request: web.Request) -> bool:
+    """https directly, or X-Forwarded-Proto: https from a trusted proxy (§19.1)."""
+    return forwarded_secure(request.secure, _peer(request),
+                            request.headers.getall("X-Forwarded-Proto", []), request.app[TRUSTED_KEY])
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -163,7 +172,14 @@ async def handle_post(request: web.Request) -> web.Response:
     def is_closing() -> bool:
         return transport is None or transport.is_closing()
 
-    reply = await manager.handle(data, is_closing, request_client_ip(request))
+    reply = await manager.handle(data, is_closing, request_client_ip(request),
+                                 secure=request_secure(request))
+    if reply is DROP:
+        # XEP-0124 §19.1: a session that began encrypted is never continued in the clear;
+        # close this connection without an answer and leave the session running (#128).
+        if transport is not None:
+            transport.abort()
+        raise web.HTTPBadRequest()  # never written: the connection is gone
     return _response(request, reply)
 
 

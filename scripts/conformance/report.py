@@ -40,8 +40,6 @@ STATUS: dict[int, str] = {
          "need a trusted channel to the server",
     127: "deployment: `[http] tls_cert`/`tls_key` serve HTTPS directly "
          "(tests/integration/test_ops_logs_tls.py), or terminate TLS in a proxy in front",
-    128: "declined: one listener serves one scheme, so with `tls_cert` a session never sees "
-         "plain http; behind a TLS proxy, refusing plain http for a session is the proxy's job",
 }
 for _n in range(103, 114):
     if _n != 104:
