@@ -1,0 +1,75 @@
+"""Review findings in bosh/driver.py and bosh/wire.py as seen through Manager.handle (the
+entry point of bosh/web.py). Strict xfails: each demonstrates a bug."""
+
+from __future__ import annotations
+
+import logging
+from typing import AsyncIterator
+
+import pytest
+
+from bosh.driver import Manager, Reply
+from bosh.ports import StreamParams, UpstreamListener
+from tests.driver._fakes import (
+    NS, TEST_LIMITS, FakeUpstreamFactory, create_body, never_closing, within,
+)
+
+BIG = "1" * 5000  # > sys.get_int_max_str_digits() (4300): int() raises ValueError
+
+
+@pytest.fixture
+def fake() -> FakeUpstreamFactory:
+    return FakeUpstreamFactory()
+
+
+@pytest.fixture
+async def manager(fake: FakeUpstreamFactory) -> AsyncIterator[Manager]:
+    m = Manager(TEST_LIMITS, ["example.com"], 100, fake)
+    yield m
+    await m.shutdown()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: creation attributes with more than 4300 ASCII digits "
+                   "pass isdigit() checks and int() raises ValueError in negotiate/parse_rid/"
+                   "parse_route; it escapes Manager.handle, so aiohttp answers a bare 500")
+@pytest.mark.parametrize("over", [{"rid": BIG}, {"wait": BIG}, {"hold": BIG}, {"ver": "1." + BIG},
+                                  {"route": "xmpp:example.com:" + BIG}])
+async def test_review_huge_integer_attribute_escapes_as_500(manager: Manager, over: dict[str, str]) -> None:
+    reply = await within(manager.handle(create_body(**over), never_closing))
+    assert isinstance(reply, Reply) and b"type='terminate'" in reply.body
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a rejected body is logged with lxml's error text, "
+                   "which quotes client data verbatim (e.g. an xmlns URI containing &#10;): a "
+                   "client can forge whole log lines (log injection)")
+async def test_review_rejected_body_log_line_injection(manager: Manager,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    forged = "urn:x&#10;2026-01-01 00:00:00,000 CRITICAL bosh.driver: forged line"
+    data = (f"<body xmlns='{NS}' rid='5' to='example.com'><x xmlns='{forged}'/></body>").encode()
+    with caplog.at_level(logging.INFO):
+        reply = await within(manager.handle(data, never_closing, "192.0.2.1"))
+    assert b"bad-request" in reply.body
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and not any("\n" in m or "\r" in m for m in messages), messages
+
+
+class _RaisingFactory:
+    def open(self, params: StreamParams, listener: UpstreamListener) -> object:
+        raise RuntimeError("adapter bug")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: SessionDriver.create executes the initial events "
+                   "outside the _call try/except: an exception from UpstreamFactory.open escapes "
+                   "into aiohttp (500) and the session stays in the registry, with its per-IP slot, "
+                   "forever (no deadline is ever armed)")
+async def test_review_create_failure_leaks_registry_and_per_ip_slot() -> None:
+    m = Manager(TEST_LIMITS, ["example.com"], 100, _RaisingFactory())  # type: ignore[arg-type]
+    try:
+        reply = await within(m.handle(create_body(), never_closing, "192.0.2.7"))
+        assert b"type='terminate'" in reply.body
+    finally:
+        leaked = (len(m.registry), m.client_limits.open_for("192.0.2.7"))
+        for d in m.registry:  # do not leave a pending future behind
+            for fut in d._futures.values():
+                fut.cancel()
+    assert leaked == (0, 0), leaked
