@@ -73,3 +73,21 @@ async def test_review_create_failure_leaks_registry_and_per_ip_slot() -> None:
             for fut in d._futures.values():
                 fut.cancel()
     assert leaked == (0, 0), leaked
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the oversized-stanza branch logs body.sid before "
+                   "checking that it names a session; the sid attribute is arbitrary client text "
+                   "(&#10; decodes to a newline), so log lines can be forged")
+async def test_review_stanza_size_log_uses_unvalidated_sid(fake: FakeUpstreamFactory,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    m = Manager(TEST_LIMITS, ["example.com"], 100, fake, max_stanza_bytes=256)
+    try:
+        sid = "x&#10;2026-01-01 00:00:00,000 CRITICAL bosh.driver: forged line"
+        big = "<message xmlns='jabber:client'><body>" + "a" * 400 + "</body></message>"
+        data = f"<body xmlns='{NS}' sid='{sid}' rid='5'>{big}</body>".encode()
+        with caplog.at_level(logging.INFO):
+            await within(m.handle(data, never_closing, "192.0.2.1"))
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages and not any("\n" in msg for msg in messages), messages
+    finally:
+        await m.shutdown()
