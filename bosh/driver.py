@@ -108,7 +108,7 @@ class Manager:
         try:
             body = wire.parse_body(data)
         except BoshError as exc:
-            log.info("rejected request from %s: %s", client_ip, exc)
+            log.info("rejected request from %s: %r", client_ip, exc.detail)  # %r: no forged lines
             known = self.registry.get(exc.sid) if exc.sid is not None else None
             if known is not None:
                 # The body names a live session: end it properly (§17.2, checklist #93).
@@ -122,8 +122,8 @@ class Manager:
             return DROP
         if self.max_stanza_bytes and any(len(e.data) > self.max_stanza_bytes for e in body.payload):
             # Bounded before the core sees it: the session ends with policy-violation (§17.2).
-            log.info("session %s: stanza over %d bytes from %s", sid or "-", self.max_stanza_bytes,
-                     client_ip)
+            log.info("session %s: stanza over %d bytes from %s",
+                     driver.sid if driver is not None else "-", self.max_stanza_bytes, client_ip)
             if driver is not None:
                 driver.end(Condition.POLICY_VIOLATION)
             return self.limit_hit("stanza_size", legacy=body.get("ver") is None and sid is None)
@@ -225,7 +225,11 @@ class SessionDriver:
         self.session = Session(self.sid, terms, req, self._loop.time())
         log.info("session %s created for %s from %s (wait %d, hold %d)", self.sid, terms.stream.to,
                  self.client_ip, terms.wait, terms.hold)
-        self._execute(self.session.initial_events())
+        try:
+            self._execute(self.session.initial_events())
+        except Exception:  # e.g. the upstream factory failed: clean up like any crash
+            log.exception("session %s: internal error", self.sid)
+            self._crash()
         return await self._wait(req, fut)
 
     async def request(self, body: wire.Body, is_closing: IsClosing) -> Reply:

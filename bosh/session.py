@@ -32,12 +32,15 @@ from typing import Hashable, Sequence, Union
 
 from bosh.errors import BoshError, Condition
 from bosh.ports import ClientElement, StreamInfo, StreamParams
-from bosh.wire import Body, bounce, parse_bool, parse_route, render_body, render_error, render_terminate
+from bosh.wire import Body, bounce, parse_bool, parse_route, parse_uint, render_body, render_error, render_terminate
 
 # The protocol version this connection manager implements (XEP-0124 §7.2 'ver').
 VERSION = (1, 11)
 DEFAULT_CONTENT = "text/xml; charset=utf-8"
 MAX_WAIT_ATTRIBUTE = 65535  # the schema types 'wait' as unsignedShort (§22)
+# 'requests' exceeds the hold a client asked for (§7.2), but it also sizes the rid window,
+# i.e. how many early requests may be parked and answers cached: bound the asked hold.
+MAX_REQUESTS_HOLD = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,21 +149,23 @@ def _int_attr(body: Body, name: str, default: int, hi: int) -> int:
     raw = body.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or int(raw) > hi:
+    value = parse_uint(raw)
+    if value is None or value > hi:
         raise BoshError(Condition.BAD_REQUEST, f"invalid '{name}' attribute")
-    return int(raw)
+    return value
 
 
 def _negotiate_ver(raw: str | None) -> str | None:
     if raw is None:
         return None
     major_s, dot, minor_s = raw.partition(".")
-    if not dot or not (major_s.isascii() and major_s.isdigit() and minor_s.isascii() and minor_s.isdigit()):
+    major, minor = parse_uint(major_s, 6), parse_uint(minor_s, 6)
+    if not dot or major is None or minor is None:
         raise BoshError(Condition.BAD_REQUEST, "invalid 'ver' attribute")
     # §7.1: the minor number is an integer of its own ('1.10' > '1.9').
-    asked = (int(major_s), int(minor_s))
-    major, minor = min(asked, VERSION)
-    return f"{major}.{minor}"
+    asked = (major, minor)
+    answer = min(asked, VERSION)
+    return f"{answer[0]}.{answer[1]}"
 
 
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -213,7 +218,7 @@ def negotiate(body: Body, limits: Limits, domains: frozenset[str]) -> Terms:
         rid=rid, wait=wait, hold=hold,
         # §7.2: 'requests' must exceed the hold the client asked for, even when we granted
         # less (checklist Q2); hold + 1 is the recommended value.
-        requests=max(asked_hold, hold) + 1,
+        requests=min(max(asked_hold, hold), MAX_REQUESTS_HOLD) + 1,
         inactivity=inactivity, polling=limits.polling, ver=ver,
         content=_content_type(body.get("content")),
         stream=stream,
@@ -397,6 +402,12 @@ class Session:
             return self._take()
         if self.state is State.DOOMED:
             assert self._doom is not None
+            rid = body.rid
+            sent = self._cache.get(rid) if rid is not None and rid <= self._last_rid else None
+            if sent is not None:
+                # A lost answer is still replayed (§14.3); the news waits for a new rid.
+                self._emit(Respond(request, sent.body, sent.status))
+                return self._take()
             condition, doom_body = self._doom
             self._emit(Respond(request, doom_body, self._status(condition)))
             self._end(condition, close_upstream=False)
@@ -457,6 +468,8 @@ class Session:
         elif rid in self._parked and self._parked[rid][0] == request:
             del self._parked[rid]
             self._parked_deadline.pop(rid, None)
+            if not self._live_rids():
+                self._idle_since = now
         return self._take()
 
     # -- time and the server side -----------------------------------------------------------
@@ -475,7 +488,11 @@ class Session:
                 del self._parked_deadline[rid]
                 req, _body = self._parked.pop(rid)
                 self._where.pop(req, None)
-                self._emit(Respond(req, render_body()))
+                # §17.3: the recoverable error makes the client resend this request and every
+                # earlier unanswered one, which fills the gap; its payload is not lost.
+                self._emit(Respond(req, render_error()))
+                if not self._live_rids():
+                    self._idle_since = now  # §10: the clock restarts with this answer
         if self._idle_since is not None and self._creation_request is None \
                 and not self._parked and now >= self._idle_since + self._inactivity:
             # §10: silently end a session nobody polls any more.
@@ -569,8 +586,10 @@ class Session:
         if kind == "restart":
             # XEP-0206 §5: new stream header on the same connection; stanzas ignored (#121).
             s = self.terms.stream
+            # The domain is the one checked at creation; a restart cannot move the session
+            # to another (unchecked) host.
             self._emit(RestartUpstream(StreamParams(
-                to=body.get("to") or s.to, lang=body.get("xml:lang") or s.lang,
+                to=s.to, lang=body.get("xml:lang") or s.lang,
                 from_=body.get("from") or s.from_, version=s.version, route=s.route)))
         elif kind == "payload":
             if self.state is State.CONNECTING:
@@ -624,7 +643,8 @@ class Session:
 
     def _pause(self, request: Hashable, rid: int, raw: str) -> None:
         """§10: answer everything now and stretch inactivity to 'pause' for this idle spell."""
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > self.terms.maxpause:
+        pause = parse_uint(raw)
+        if pause is None or pause > self.terms.maxpause:
             self._fail(request, Condition.POLICY_VIOLATION)  # beyond maxpause (checklist Q7)
             return
         for live in self._live_rids():
@@ -634,19 +654,20 @@ class Session:
         self._slots[rid] = request
         self._where[request] = rid
         self._answer(rid, None, (), had_payload=False)
-        self._inactivity = int(raw)
+        self._inactivity = pause
 
     def _drop_acknowledged(self, ack: str | None, rid: int) -> None:
         """§9.2: the client has every answer up to 'ack' (all earlier ones when absent)."""
-        upto = rid - 1 if ack is None else (int(ack) if ack.isdigit() else 0)
+        upto = rid - 1 if ack is None else (parse_uint(ack) or 0)
         while self._cache and next(iter(self._cache)) <= upto:
             self._cache.popitem(last=False)
 
     def _report(self, rid: int, ack: str | None) -> None:
         """§9.2: the client's ack shows it missed an answer we sent: say so at once."""
-        if ack is None or not ack.isdigit():
+        acked = parse_uint(ack)
+        if acked is None:
             return
-        missed = int(ack) + 1
+        missed = acked + 1
         sent = self._cache.get(missed)
         if sent is None or missed >= rid or not any(r > missed for r in self._cache):
             return

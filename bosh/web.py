@@ -69,7 +69,13 @@ def _accepted_coding(request: web.Request, reply: Reply) -> str | None:
     if not reply.codings or len(reply.body) < _MIN_COMPRESS:
         return None
     header = request.headers.get("Accept-Encoding", "")
-    offered = {part.split(";")[0].strip().lower() for part in header.split(",")}
+    offered = set()
+    for part in header.split(","):
+        coding, _, params = part.partition(";")
+        q = params.replace(" ", "").lower()
+        if q.startswith("q=") and q[2:].strip("0.") == "":
+            continue  # "gzip;q=0" means not acceptable (RFC 9110 §12.5.3)
+        offered.add(coding.strip().lower())
     return next((c for c in reply.codings if c in offered), None)
 
 

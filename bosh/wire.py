@@ -63,20 +63,27 @@ class Body:
         return parse_rid(self.attrs.get("rid"))
 
 
-def parse_rid(value: str | None) -> int | None:
-    if value is None or not value.isascii() or not value.isdigit():
+def parse_uint(value: str | None, max_digits: int = 16) -> int | None:
+    """A non-negative decimal integer attribute, or None. Only ASCII digits, and few enough
+    of them that no client can make ``int()`` slow or raise (Python caps digit strings)."""
+    if value is None or not value or len(value) > max_digits or not value.isascii() \
+            or not value.isdigit():
         return None
-    rid = int(value)
-    return rid if 0 < rid <= MAX_RID else None
+    return int(value)
+
+
+def parse_rid(value: str | None) -> int | None:
+    rid = parse_uint(value)
+    return rid if rid is not None and 0 < rid <= MAX_RID else None
 
 
 def parse_route(raw: str) -> tuple[str, int] | None:
     """Split 'proto:host:port' (§7.1: not a URI): proto at the first ':', port at the last."""
     proto, sep, rest = raw.partition(":")
     host, sep2, port_s = rest.rpartition(":")
-    if not (proto and sep and sep2 and host and port_s.isascii() and port_s.isdigit()):
+    port = parse_uint(port_s, 5)
+    if not (proto and sep and sep2 and host) or port is None:
         return None
-    port = int(port_s)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]  # xmpp:[2001:db8::1]:5222
     return (host.lower(), port) if 0 < port < 65536 else None
@@ -207,8 +214,11 @@ def escape_text(value: str) -> str:
 
 
 def _escape_attr(value: str) -> str:
+    # Whitespace other than a space is written as a reference so it survives attribute
+    # value normalisation on the client's side (XML 1.0 §3.3.3).
     return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("'", "&apos;").replace('"', "&quot;"))
+            .replace("'", "&apos;").replace('"', "&quot;")
+            .replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#9;"))
 
 
 _BODY_OPEN = f"<body xmlns='{NS_HTTPBIND}'"
