@@ -37,6 +37,7 @@ def poll(sid: str, rid: int) -> bytes:
 
 
 async def test_plain_http_request_for_an_https_session_is_dropped_and_the_session_lives(served) -> None:
+    """#128: closed without an answer; the same rid over https then works."""
     srv, manager = served
     created = await raw_http(srv.port, srv.path, create_body(), HTTPS)
     sid = attr(created.body, "sid")
@@ -53,7 +54,7 @@ async def test_plain_http_request_for_an_https_session_is_dropped_and_the_sessio
 
 
 async def test_a_plain_http_session_may_later_use_https(served) -> None:
-    """Only the downgrade is refused; an upgrade is no risk."""
+    """#128: only the downgrade is refused; an upgrade is no risk."""
     srv, manager = served
     created = await raw_http(srv.port, srv.path, create_body())
     sid = attr(created.body, "sid")
