@@ -374,7 +374,7 @@ class Session:
             self._creation_request = None
             if request is not None:
                 self._emit(Respond(request, render_terminate(condition, payload), self._status(condition)))
-            self._end(condition, close_upstream=False)
+            self._end(condition, close_upstream=False, others=condition)
             return self._take()
         live = self._live_rids()
         if live:
@@ -382,7 +382,7 @@ class Session:
             self._answer(first, _term(condition), payload, self._status(condition))
             for rid in rest:
                 self._answer(rid, _term(condition), (), self._status(condition))
-            self._end(condition, close_upstream=False)
+            self._end(condition, close_upstream=False, others=condition)
         else:
             # Nobody to tell right now: keep the terminal body for the next request (#95).
             self.state = State.DOOMED
@@ -509,7 +509,7 @@ class Session:
                 self._creation_request = None
             for rid in self._live_rids():
                 self._answer(rid, _term(condition), (), cache=False)
-            self._end(condition, close_upstream=True)
+            self._end(condition, close_upstream=True, others=condition)
         return self._take()
 
     def next_deadline(self) -> float | None:
@@ -697,9 +697,16 @@ class Session:
             self._answer(rid, _term(Condition.OTHER_REQUEST), (), cache=False)
         self._end(condition, close_upstream=True)
 
-    def _end(self, condition: Condition | None, close_upstream: bool) -> None:
+    def _end(self, condition: Condition | None, close_upstream: bool,
+             others: Condition = Condition.OTHER_REQUEST) -> None:
+        """End the session. Requests still waiting (parked, or held while the creation
+        request was pending) learn why: ``others`` (other-request when one request's error
+        ended the session, the upstream's condition when the server side did)."""
         for req, _body in self._parked.values():
-            self._emit(Respond(req, render_terminate(Condition.OTHER_REQUEST)))
+            self._emit(Respond(req, render_terminate(others), self._status(others)))
+        for req in self._slots.values():
+            if req is not None:
+                self._emit(Respond(req, render_terminate(others), self._status(others)))
         if close_upstream and self._pending and self.state is State.OPEN:
             # XEP-0206 §7: stanzas nobody will read go back to their senders.
             bounces = tuple(b for b in map(bounce, self._pending) if b is not None)

@@ -72,3 +72,15 @@ def test_unusable_content_attribute_is_bad_request(content: str) -> None:
 def test_media_type_with_parameters_is_echoed_unchanged() -> None:
     terms = negotiate(body(create_attrs(content="text/html; charset=utf-8")), LIMITS, DOMAINS)
     assert terms.content == "text/html; charset=utf-8"
+
+
+def test_upstream_failure_while_connecting_tells_every_waiting_request_why() -> None:
+    """§17.2 remote-connection-failed: a request that arrived before the upstream was ready
+    (held or parked) learns the real condition, not item-not-found or other-request."""
+    s, _ = new_session(ready=False)
+    s.receive("held", req("SID", RID0 + 1), 0.1)
+    s.receive("parked", req("SID", RID0 + 3), 0.2)
+    events = s.upstream_closed(Condition.REMOTE_CONNECTION_FAILED, None, 0.5)
+    for request in ("create", "held", "parked"):
+        assert is_terminate(answer_for(events, request).body, "remote-connection-failed"), request
+    assert s.state is State.ENDED
