@@ -260,6 +260,14 @@ class _Sent:
 class Session:
     """One BOSH session. See the module docstring for the invariants."""
 
+    # Thousands of these live at once: no per-instance __dict__.
+    __slots__ = (
+        "_cache", "_cache_limit", "_creation_request", "_deadlines", "_doom", "_early",
+        "_idle_since", "_inactivity", "_key", "_last_new", "_last_rid", "_now", "_out",
+        "_parked", "_parked_deadline", "_paused", "_pending", "_pending_bytes", "_slots",
+        "_where", "ended_condition", "sid", "state", "terms",
+    )
+
     def __init__(self, sid: str, terms: Terms, request: Hashable, now: float) -> None:
         self.sid = sid
         self.terms = terms
