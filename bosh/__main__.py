@@ -2,16 +2,16 @@
 
 Signals: SIGTERM/SIGINT drain and exit 0 (new sessions refused, every held request answered
 with system-shutdown, every upstream stream closed with ``</stream:stream>``, within
-``[http] shutdown_grace``); SIGHUP re-reads the config file and applies ``[log]`` and
-``[bosh]`` without dropping sessions (README, "Operations").
+``[http] shutdown_grace``); SIGHUP re-reads the config file and applies ``[log]``, ``[bosh]``
+and ``[upstream] domains`` without dropping sessions (README, "Operations").
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import gc
-import asyncio
 import logging
 import signal
 import ssl
@@ -79,7 +79,7 @@ def apply_log_level(level: str) -> None:
 
 
 def reload_config(manager: Manager, current: config_mod.Config, path: str | None) -> config_mod.Config:
-    """SIGHUP: apply ``[log]`` and ``[bosh]`` from the file again; keep sessions.
+    """SIGHUP: apply ``[log]``, ``[bosh]`` and ``[upstream] domains`` again; keep sessions.
 
     A broken file changes nothing. Changes elsewhere are reported as needing a restart.
     """

@@ -364,43 +364,39 @@ class SessionDriver:
         self._arm()
 
     def _ended(self, ev: SessionEnded) -> None:
-        cond = ev.condition.value if ev.condition else "none"
-        log.info("session %s ended (condition %s)", self.sid, cond)
-        m = self.manager.metrics
-        m.sessions_ended.labels(cond).inc()
-        if ev.condition is not None:
-            m.errors.labels(cond).inc()
-        self.manager.registry.remove(self.sid)
-        self._release()
-        self._upstream_gone()
-        for fut in self._futures.values():  # parked requests were answered by the core
-            if not fut.done():
-                fut.set_result(error_reply(Condition.ITEM_NOT_FOUND))
-        self._futures.clear()
-        self._closing.clear()
+        log.info("session %s ended (condition %s)", self.sid,
+                 ev.condition.value if ev.condition else "none")
+        # The core answered every request it knew; anything left is a safety net.
+        self._teardown(ev.condition, error_reply(Condition.ITEM_NOT_FOUND))
         self.upstream = None
 
     def _crash(self) -> None:
-        reply = Reply(200, wire.render_terminate(Condition.INTERNAL_SERVER_ERROR))
-        for fut in self._futures.values():
-            if not fut.done():
-                fut.set_result(reply)
-        self._futures.clear()
-        self._closing.clear()
+        self._teardown(Condition.INTERNAL_SERVER_ERROR,
+                       Reply(200, wire.render_terminate(Condition.INTERNAL_SERVER_ERROR)))
         if self.upstream is not None:
             try:
                 self.upstream.close()
             except Exception:  # already failing; the session is gone either way
                 log.exception("session %s: upstream close failed", self.sid)
             self.upstream = None
+        self.session = None
+        self._cancel_timer()
+
+    def _teardown(self, condition: Condition | None, leftover: Reply) -> None:
+        """Forget the session everywhere, exactly once per cause: registry, per-address
+        slot, upstream gauge, metrics; answer any request still waiting with ``leftover``."""
         m = self.manager.metrics
-        m.sessions_ended.labels(Condition.INTERNAL_SERVER_ERROR.value).inc()
-        m.errors.labels(Condition.INTERNAL_SERVER_ERROR.value).inc()
+        m.sessions_ended.labels(condition.value if condition else "none").inc()
+        if condition is not None:
+            m.errors.labels(condition.value).inc()
         self.manager.registry.remove(self.sid)
         self._release()
         self._upstream_gone()
-        self.session = None
-        self._cancel_timer()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_result(leftover)
+        self._futures.clear()
+        self._closing.clear()
 
     def _arm(self) -> None:
         deadline = self.session.next_deadline() if self.session is not None else None

@@ -246,6 +246,15 @@ def _allowed_route(raw: str | None, allowed: frozenset[tuple[str, int]]) -> tupl
 
 # ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class _Parked:
+    """An early request waiting for the gap below its rid to fill (§14.2)."""
+
+    request: Hashable
+    body: Body
+    deadline: float  # 'wait' after arrival: then the client is told to resend (§17.3)
+
+
 @dataclass(slots=True)
 class _Sent:
     """A cached answer (§14.3): exact bytes, when it was sent (§9.2 'time'), resends so far."""
@@ -264,20 +273,18 @@ class Session:
     __slots__ = (
         "_cache", "_cache_limit", "_creation_request", "_deadlines", "_doom", "_early",
         "_idle_since", "_inactivity", "_key", "_last_new", "_last_rid", "_now", "_out",
-        "_parked", "_parked_deadline", "_paused", "_pending", "_pending_bytes", "_slots",
-        "_where", "ended_condition", "sid", "state", "terms",
+        "_parked", "_paused", "_pending", "_pending_bytes", "_slots", "_where", "sid", "state",
+        "terms",
     )
 
     def __init__(self, sid: str, terms: Terms, request: Hashable, now: float) -> None:
         self.sid = sid
         self.terms = terms
         self.state = State.CONNECTING
-        self.ended_condition: Condition | None = None
         self._now = now  # time of the input being handled; set by every public call
         self._creation_request: Hashable | None = request
         self._last_rid = terms.rid
-        self._parked: dict[int, tuple[Hashable, Body]] = {}  # early rids (§14.2)
-        self._parked_deadline: dict[int, float] = {}
+        self._parked: dict[int, _Parked] = {}             # early rids (§14.2)
         self._slots: dict[int, Hashable | None] = {}     # processed, not yet answered; rid order
         self._deadlines: dict[int, float] = {}            # wait deadline per live slot
         self._where: dict[Hashable, int] = {}             # live request -> its rid (slot or parked)
@@ -362,11 +369,6 @@ class Session:
                 self._emit(FlowControl(paused=True))
         return self._take()
 
-    @property
-    def queued_bytes(self) -> int:
-        """Server data waiting for a client request."""
-        return self._pending_bytes
-
     def upstream_closed(self, condition: Condition, stream_error: bytes | None, now: float) -> list[Event]:
         """The upstream stream ended: tell the client at once (XEP-0124 §17.2, XEP-0206 §6)."""
         self._now = now
@@ -432,14 +434,12 @@ class Session:
         old = self._parked.get(rid)
         if old is not None:
             # The same early rid again: the newer copy replaces the older (§14.3 spirit).
-            self._where.pop(old[0], None)
-            self._emit(Respond(old[0], render_error()))
-        self._parked[rid] = (request, body)
-        self._parked_deadline[rid] = now + self.terms.wait
+            self._where.pop(old.request, None)
+            self._emit(Respond(old.request, render_error()))
+        self._parked[rid] = _Parked(request, body, now + self.terms.wait)
         self._where[request] = rid
         while self.alive and (nxt := self._parked.pop(self._last_rid + 1, None)):
-            self._parked_deadline.pop(self._last_rid + 1, None)
-            self._process(nxt[0], self._last_rid + 1, nxt[1])
+            self._process(nxt.request, self._last_rid + 1, nxt.body)
         if self.alive:  # processing may have ended the session
             self._enforce_hold()
             self._flush()
@@ -473,9 +473,8 @@ class Session:
             self._deadlines.pop(rid, None)
             if self._idle_since is None and not self._live_rids():
                 self._idle_since = now
-        elif rid in self._parked and self._parked[rid][0] == request:
+        elif rid in self._parked and self._parked[rid].request == request:
             del self._parked[rid]
-            self._parked_deadline.pop(rid, None)
             if not self._live_rids():
                 self._idle_since = now
         return self._take()
@@ -489,16 +488,15 @@ class Session:
         for rid, deadline in list(self._deadlines.items()):
             if deadline <= now and rid in self._deadlines:
                 self._answer_pending(rid)  # §8: an empty body when 'wait' runs out
-        for rid, deadline in list(self._parked_deadline.items()):
-            if deadline <= now:
+        for rid, parked in list(self._parked.items()):
+            if parked.deadline <= now:
                 # The gap below this early rid never filled within 'wait': let the client
                 # resend it rather than hold the connection forever (it stays unprocessed).
-                del self._parked_deadline[rid]
-                req, _body = self._parked.pop(rid)
-                self._where.pop(req, None)
+                del self._parked[rid]
+                self._where.pop(parked.request, None)
                 # §17.3: the recoverable error makes the client resend this request and every
                 # earlier unanswered one, which fills the gap; its payload is not lost.
-                self._emit(Respond(req, render_error()))
+                self._emit(Respond(parked.request, render_error()))
                 if not self._live_rids():
                     self._idle_since = now  # §10: the clock restarts with this answer
         if self._idle_since is not None and self._creation_request is None \
@@ -523,7 +521,7 @@ class Session:
     def next_deadline(self) -> float | None:
         if self.state is State.ENDED:
             return None
-        candidates = [*self._deadlines.values(), *self._parked_deadline.values()]
+        candidates = [*self._deadlines.values(), *(p.deadline for p in self._parked.values())]
         if self._idle_since is not None and self._creation_request is None and not self._parked:
             candidates.append(self._idle_since + self._inactivity)
         return min(candidates) if candidates else None
@@ -710,8 +708,8 @@ class Session:
         """End the session. Requests still waiting (parked, or held while the creation
         request was pending) learn why: ``others`` (other-request when one request's error
         ended the session, the upstream's condition when the server side did)."""
-        for req, _body in self._parked.values():
-            self._emit(Respond(req, render_terminate(others), self._status(others)))
+        for parked in self._parked.values():
+            self._emit(Respond(parked.request, render_terminate(others), self._status(others)))
         for req in self._slots.values():
             if req is not None:
                 self._emit(Respond(req, render_terminate(others), self._status(others)))
@@ -721,14 +719,12 @@ class Session:
             if bounces:
                 self._emit(SendUpstream(bounces))
         self._parked.clear()
-        self._parked_deadline.clear()
         self._where.clear()
         self._slots.clear()
         self._deadlines.clear()
         self._pending.clear()
         self._cache.clear()
         self.state = State.ENDED
-        self.ended_condition = condition
         if close_upstream:
             self._emit(CloseUpstream())
         self._emit(SessionEnded(condition))

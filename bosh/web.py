@@ -96,9 +96,16 @@ def _response(request: web.Request, reply: Reply) -> web.Response:
 def _decode(data: bytes, coding: str, limit: int) -> bytes:
     """Undo a request Content-Encoding we advertised in 'accept' (§7.2), bounded by the
     body size limit so a compression bomb costs nothing."""
+    if coding == "identity":
+        return data
+    if coding not in CODINGS:
+        raise BoshError(Condition.BAD_REQUEST, f"content coding not offered: {coding!r}")
     wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
     inflater = zlib.decompressobj(wbits)
-    out = inflater.decompress(data, limit + 1)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise BoshError(Condition.BAD_REQUEST, "corrupt compressed body") from None
     if len(out) > limit:
         raise BoshError(Condition.POLICY_VIOLATION, "decoded body too large")
     if not inflater.eof:
@@ -164,15 +171,10 @@ async def handle_post(request: web.Request) -> web.Response:
     if len(data) > cfg.max_body_bytes:
         return _too_large(request)
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if coding != "identity":
-        if coding not in CODINGS:
-            return _response(request, manager.error(Condition.BAD_REQUEST))
-        try:
-            data = _decode(data, coding, cfg.max_body_bytes)
-        except BoshError as exc:
-            return _response(request, manager.error(exc.condition))
-        except zlib.error:
-            return _response(request, manager.error(Condition.BAD_REQUEST))
+    try:
+        data = _decode(data, coding, cfg.max_body_bytes)
+    except BoshError as exc:
+        return _response(request, manager.error(exc.condition))
     transport = request.transport
 
     def is_closing() -> bool:

@@ -233,7 +233,6 @@ class BridgeStream(XMLStream):
         self._tls_task: asyncio.Task[bool] | None = None
         self._batch: list[ET.Element] | None = None
         self._stop_reading = False
-        self.handler_errors = 0
         #: Attributes of the most recent server stream header (RFC 6120 §4.7).
         self.server_header: dict[str, str] = {}
 
@@ -480,11 +479,6 @@ class BridgeStream(XMLStream):
         if self.transport is not None and self._state is _State.OPEN:
             self.transport.resume_reading()
 
-    def write_buffer_size(self) -> int:
-        """Bytes queued in the transport, not yet written to the socket."""
-        transport = self.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
-
     def shutdown(self, send_footer: bool = True) -> None:
         """Our side ends the stream; no owner callbacks after this. Idempotent.
 
@@ -555,7 +549,6 @@ class BridgeStream(XMLStream):
             transport.close()
 
     def _count_error(self, exc: BaseException, where: str) -> None:
-        self.handler_errors += 1
-        BridgeStream.total_handler_errors += 1
+        BridgeStream.total_handler_errors += 1  # slixmpp would swallow these silently
         log.error("exception in %s for upstream %s", where, self.default_domain,
                   exc_info=(type(exc), exc, exc.__traceback__))

@@ -150,8 +150,6 @@ class XmppUpstream:
         if not self._ready.done():
             self._ready.set_result(False)
 
-    # -- extras beyond the port ----------------------------------------------------------
-
     def pause_reading(self) -> None:
         """Stop reading from the server while the session's outbound queue is too full."""
         self._stream.pause_reading()
@@ -159,15 +157,6 @@ class XmppUpstream:
     def resume_reading(self) -> None:
         """Undo :meth:`pause_reading`."""
         self._stream.resume_reading()
-
-    def write_buffer_size(self) -> int:
-        """Bytes waiting in the transport toward the server."""
-        return self._stream.write_buffer_size()
-
-    @property
-    def handler_errors(self) -> int:
-        """Exceptions caught in this stream's handlers and callbacks."""
-        return self._stream.handler_errors
 
     # -- connecting --------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ an upstream factory that fails at creation. Each reproduces a bug that was fixed
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
 
 import pytest
 
@@ -16,18 +15,6 @@ from tests.driver._fakes import (
 )
 
 BIG = "1" * 5000  # > sys.get_int_max_str_digits() (4300): int() raises ValueError
-
-
-@pytest.fixture
-def fake() -> FakeUpstreamFactory:
-    return FakeUpstreamFactory()
-
-
-@pytest.fixture
-async def manager(fake: FakeUpstreamFactory) -> AsyncIterator[Manager]:
-    m = Manager(TEST_LIMITS, ["example.com"], 100, fake)
-    yield m
-    await m.shutdown()
 
 
 @pytest.mark.parametrize("over", [{"rid": BIG}, {"wait": BIG}, {"hold": BIG}, {"ver": "1." + BIG},
