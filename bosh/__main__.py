@@ -22,11 +22,14 @@ from aiohttp import web
 from bosh import config as config_mod
 from bosh.driver import Manager
 from bosh.errors import ConfigError
+from bosh.hub import Hub
 from bosh.limits import ClientLimits, PerIpPolicy
 from bosh.ports import UpstreamFactory
 from bosh.session import Limits
 from bosh.web import make_app, make_runner
 from bosh.wire import parse_route
+from bosh.ws_driver import WsEndpoint
+from bosh.ws_session import WsLimits
 
 log = logging.getLogger("bosh")
 
@@ -46,14 +49,28 @@ def build_client_limits(cfg: config_mod.Config) -> ClientLimits:
                                     new_sessions_per_ip_per_minute=b.new_sessions_per_ip_per_minute))
 
 
-def build_manager(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None) -> Manager:
+def build_hub(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None) -> Hub:
+    """The process hub every transport shares: sessions, limits, metrics, the upstreams."""
     if upstreams is None:
         from xmpp_bridge.upstream import XmppUpstreamFactory
 
         upstreams = XmppUpstreamFactory(cfg.upstream)
-    return Manager(build_limits(cfg), cfg.upstream.domains, cfg.bosh.max_sessions, upstreams,
-                   client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes,
-                   see_other_uri=cfg.bosh.see_other_uri)
+    return Hub(cfg.upstream.domains, cfg.bosh.max_sessions, upstreams,
+               client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes,
+               see_other_uri=cfg.bosh.see_other_uri)
+
+
+def build_manager(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None,
+                  hub: Hub | None = None) -> Manager:
+    """The BOSH endpoint (on a new hub unless one is given)."""
+    return Manager(build_limits(cfg), hub if hub is not None else build_hub(cfg, upstreams))
+
+
+def build_ws_endpoint(cfg: config_mod.Config, hub: Hub) -> WsEndpoint:
+    """The WebSocket endpoint on the same hub (RFC 7395)."""
+    limits = WsLimits(max_message_bytes=cfg.bosh.max_stanza_bytes,
+                      ping_interval=cfg.websocket.ping_interval)
+    return WsEndpoint(hub, limits, max_queued_bytes=cfg.bosh.max_queued_bytes)
 
 
 def server_ssl_context(http: config_mod.HttpConfig) -> ssl.SSLContext | None:
@@ -98,7 +115,8 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
     # [upstream], [http] and [server] need a restart.
     live_upstream = dataclasses.replace(current.upstream, domains=new.upstream.domains)
     for section, running in (("http", current.http), ("upstream", live_upstream),
-                             ("server", current.server)):
+                             ("server", current.server), ("websocket", current.websocket),
+                             ("discovery", current.discovery)):
         if getattr(new, section) != running:
             log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
     # WARNING so that the notice survives a new, quieter level.
@@ -117,7 +135,9 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
         log.error("cannot load [http] tls_cert/tls_key: %s", exc)
         return 2
     manager = build_manager(cfg)
-    app = make_app(manager, cfg.http)
+    websocket = build_ws_endpoint(cfg, manager.hub) if cfg.websocket.enabled else None
+    app = make_app(manager, cfg.http, websocket=websocket, ws_config=cfg.websocket,
+                   discovery_config=cfg.discovery)
     runner = make_runner(app, cfg.http.shutdown_grace)
     await runner.setup()
     site = web.TCPSite(runner, cfg.http.host, cfg.http.port, ssl_context=tls)
@@ -141,12 +161,18 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
     host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host
     scheme = "https" if tls is not None else "http"
     log.info("listening on %s://%s:%d%s", scheme, host, cfg.http.port, cfg.http.path)
+    if websocket is not None:
+        log.info("websocket on %s://%s:%d%s", "wss" if tls is not None else "ws", host,
+                 cfg.http.port, cfg.websocket.path)
     await stop.wait()
     started = loop.time()
-    log.info("shutting down: draining %d session(s), grace %g s", len(manager.registry),
+    log.info("shutting down: draining %d session(s), grace %g s", len(manager.hub.registry),
              cfg.http.shutdown_grace)
     # Not ready any more (GET /readyz -> 503); every held request gets system-shutdown
-    # and every upstream stream its </stream:stream> (XEP-0124 §17.2).
+    # and every upstream stream its </stream:stream> (XEP-0124 §17.2); a WebSocket session
+    # the server keeps resumable gets close 1012 and its stream is dropped without the
+    # footer, for the client to resume elsewhere (XEP-0198 §5); other WebSocket sessions
+    # get system-shutdown and <close/> (RFC 7395 §3.6).
     await manager.shutdown()
     # Stops listening, closes idle connections, then waits (at most shutdown_grace) for
     # the handlers, whose answers are all decided now, to write them.

@@ -99,20 +99,49 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    enabled: bool = field(default=True, metadata=_meta(
+        "serve XMPP over WebSocket (RFC 7395) on the [http] listener"))
+    path: str = field(default="/xmpp-websocket", metadata=_meta(
+        "WebSocket endpoint path, starts with '/'"))
+    origins: tuple[str, ...] = field(default=(), metadata=_meta(
+        "allowed Origin values; [] = the same as [http] cors_origins; [\"*\"] = any"))
+    ping_interval: float = field(default=30.0, metadata=_meta(
+        "seconds between WebSocket pings; 2 missed pongs close it; 0 = off", 0, 3600))
+    compress: bool = field(default=False, metadata=_meta(
+        "permessage-deflate (costs a zlib state per connection)"))
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    bosh_url: str = field(default="", metadata=_meta(
+        "public BOSH URL listed in /.well-known/host-meta (XEP-0156); empty = not listed"))
+    websocket_url: str = field(default="", metadata=_meta(
+        "public WebSocket URL listed in /.well-known/host-meta (XEP-0156); empty = not listed"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = HttpConfig()
     bosh: BoshConfig = BoshConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     log: LogConfig = LogConfig()
     server: ServerConfig = ServerConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string"}.get(tp, "a list of strings")
+    return {int: "an integer", float: "a number", str: "a string",
+            bool: "true or false"}.get(tp, "a list of strings")
 
 
 def _convert(where: str, tp: Any, meta: Mapping[str, Any], value: Any) -> Any:
-    if tp is bool or (isinstance(value, bool) and tp is not bool):
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, bool):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is int:
         if not isinstance(value, int):
@@ -179,10 +208,40 @@ def _check_consistency(cfg: Config, source: str) -> None:
     except ValueError as exc:
         raise ConfigError(f"{source}: [http] trusted_proxies: {exc}; allowed: addresses or CIDRs, "
                           "e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]") from None
+    ws = cfg.websocket
+    if not ws.path.startswith("/"):
+        raise ConfigError(f"{source}: [websocket] path: {ws.path!r} must start with '/'")
+    if ws.enabled and ws.path in (cfg.http.path, "/healthz", "/readyz", "/metrics") \
+            or ws.path.startswith("/.well-known/"):
+        raise ConfigError(f"{source}: [websocket] path: {ws.path!r} is taken by [http] path or "
+                          "the operations or discovery endpoints; allowed: another path, e.g. "
+                          "\"/xmpp-websocket\"")
+    for key, schemes in (("bosh_url", ("https",)), ("websocket_url", ("wss",))):
+        _check_discovery_url(source, key, getattr(cfg.discovery, key), schemes)
     for route in cfg.upstream.routes:
         if parse_route(route) is None:
             raise ConfigError(f"{source}: [upstream] routes: {route!r} is not allowed; "
                               "allowed: \"proto:host:port\", e.g. \"xmpp:chat.example.org:5222\"")
+
+
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _check_discovery_url(source: str, key: str, url: str, schemes: tuple[str, ...]) -> None:
+    """XEP-0156 §3: only secure URLs may be listed (https/wss); plain http/ws only for a
+    loopback host (a local demo or test)."""
+    if not url:
+        return
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host if host.startswith("[") else host.split(":", 1)[0]
+    plain = {"https": "http", "wss": "ws"}[schemes[0]]
+    is_loopback = host.lower() in _LOOPBACK_HOSTS or host.startswith("127.")
+    if not sep or not host or not (scheme in schemes or (scheme == plain and is_loopback)):
+        raise ConfigError(f"{source}: [discovery] {key}: {url!r} is not allowed; allowed: an "
+                          f"{schemes[0]}:// URL (XEP-0156), or {plain}:// on a loopback host, "
+                          f"e.g. \"{schemes[0]}://chat.example.org/"
+                          f"{'http-bind' if plain == 'http' else 'xmpp-websocket'}\"")
 
 
 def load(path: str | Path) -> Config:

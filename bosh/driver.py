@@ -1,4 +1,4 @@
-"""asyncio glue around the sans-IO core (no aiohttp here).
+"""The BOSH endpoint: asyncio glue around the sans-IO BOSH core (no aiohttp here).
 
 Each held HTTP request becomes a future; the session's events are executed here; one timer
 per session is re-armed only when the session's deadline moves (design.md §4, style rule 5).
@@ -11,18 +11,17 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 from bosh import wire
 from bosh.errors import BoshError, Condition
+from bosh.events import EndCondition, SessionEnded
+from bosh.hub import Hub, HubSession, UpstreamLink
 from bosh.limits import ClientLimits
 from bosh.metrics import Metrics
-from bosh.ports import StreamInfo, Upstream, UpstreamFactory
+from bosh.ports import StreamInfo
 from bosh.registry import Registry
-from bosh.session import (
-    DEFAULT_CONTENT, CloseUpstream, Event, FlowControl, Limits, OpenUpstream, Respond, RestartUpstream,
-    SendUpstream, Session, SessionEnded, Terms, negotiate,
-)
+from bosh.session import DEFAULT_CONTENT, Event, Limits, Respond, Session, Terms, negotiate
 
 log = logging.getLogger("bosh.driver")
 
@@ -50,34 +49,38 @@ def error_reply(condition: Condition, legacy: bool = False) -> Reply:
 
 
 class Manager:
-    """All sessions of one process: entry point for the web layer.
+    """The BOSH endpoint: every BOSH session of the process, on top of the shared :class:`Hub`
+    (session table, limits, metrics, draining, reload: one for every transport)."""
 
-    ``client_limits`` bounds sessions per client address, ``max_stanza_bytes`` (0 = no
-    bound) the size of one payload element; both answer policy-violation (§17.2).
-    """
+    transport = "bosh"
 
-    def __init__(self, limits: Limits, domains: Sequence[str], max_sessions: int,
-                 upstreams: UpstreamFactory, *, client_limits: ClientLimits | None = None,
-                 max_stanza_bytes: int = 0, metrics: Metrics | None = None,
-                 see_other_uri: str = "") -> None:
+    def __init__(self, limits: Limits, hub: Hub) -> None:
         self.limits = limits
-        self.domains = frozenset(d.lower() for d in domains)
-        self.upstreams = upstreams
-        self.registry: Registry[SessionDriver] = Registry(max_sessions)
-        self.client_limits = client_limits if client_limits is not None else ClientLimits()
-        self.max_stanza_bytes = max_stanza_bytes
-        self.see_other_uri = see_other_uri
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.metrics.track_sessions(lambda: len(self.registry), self.held_count)
-        self.accepting = True
+        self.hub = hub
+        hub.metrics.requests_held.set_function(self.held_count)
         self._ids = itertools.count(1)
-        self._pruned_at = 0.0
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.hub.metrics
+
+    @property
+    def registry(self) -> Registry[HubSession]:
+        return self.hub.registry
 
     def next_request_id(self) -> int:
         return next(self._ids)
 
     def held_count(self) -> int:
-        return sum(d.session.held_count for d in self.registry if d.session is not None)
+        return sum(d.session.held_count for d in self._drivers() if d.session is not None)
+
+    def _drivers(self) -> Iterator[SessionDriver]:
+        return (s for s in self.hub.registry if isinstance(s, SessionDriver))
+
+    def _driver(self, sid: str | None) -> SessionDriver | None:
+        found = self.hub.registry.get(sid) if sid is not None else None
+        # A WebSocket sid is no BOSH session (XEP-0124 §17.2 item-not-found).
+        return found if isinstance(found, SessionDriver) else None
 
     async def handle(self, data: bytes, is_closing: IsClosing, client_ip: str = "-",
                      secure: bool = False) -> Reply:
@@ -109,21 +112,22 @@ class Manager:
             body = wire.parse_body(data)
         except BoshError as exc:
             log.info("rejected request from %s: %r", client_ip, exc.detail)  # %r: no forged lines
-            known = self.registry.get(exc.sid) if exc.sid is not None else None
+            known = self._driver(exc.sid)
             if known is not None:
                 # The body names a live session: end it properly (§17.2, checklist #93).
                 return await known.reject(exc.condition, is_closing)
             return self.error(exc.condition)  # no session to ask (checklist Q5): 200
         sid = body.sid
-        driver = self.registry.get(sid) if sid is not None else None
+        driver = self._driver(sid)
         if driver is not None and driver.secure and not secure:
             log.warning("session %s: plain-http request from %s dropped (session is https)",
                         sid, client_ip)
             return DROP
-        if self.max_stanza_bytes and any(len(e.data) > self.max_stanza_bytes for e in body.payload):
+        limit = self.hub.max_stanza_bytes
+        if limit and any(len(e.data) > limit for e in body.payload):
             # Bounded before the core sees it: the session ends with policy-violation (§17.2).
             log.info("session %s: stanza over %d bytes from %s",
-                     driver.sid if driver is not None else "-", self.max_stanza_bytes, client_ip)
+                     driver.sid if driver is not None else "-", limit, client_ip)
             if driver is not None:
                 driver.end(Condition.POLICY_VIOLATION)
             return self.limit_hit("stanza_size", legacy=body.get("ver") is None and sid is None)
@@ -132,99 +136,73 @@ class Manager:
         if driver is None:
             # Checklist Q5: we cannot know whether an unknown sid's client is legacy: 200.
             return self.error(Condition.ITEM_NOT_FOUND)
-        n = len(body.payload)
-        if n:
-            self.metrics.stanzas.labels("in").inc(n)
-            self.metrics.bytes.labels("in").inc(sum(len(e.data) for e in body.payload))
         return await driver.request(body, is_closing)
 
     async def _create(self, body: wire.Body, is_closing: IsClosing, client_ip: str,
                       secure: bool = False) -> Reply:
         legacy = body.get("ver") is None
-        if not self.accepting:
+        hub = self.hub
+        if not hub.accepting:
             return self.error(Condition.SYSTEM_SHUTDOWN)
-        if self.see_other_uri:
+        if hub.see_other_uri:
             # §17.2 see-other-uri: the operator sends new sessions elsewhere (draining).
             self.metrics.errors.labels(Condition.SEE_OTHER_URI.value).inc()
-            uri = b"<uri>" + wire.escape_text(self.see_other_uri).encode() + b"</uri>"
+            uri = b"<uri>" + wire.escape_text(hub.see_other_uri).encode() + b"</uri>"
             return Reply(200, wire.render_terminate(Condition.SEE_OTHER_URI, (uri,)))
         now = asyncio.get_running_loop().time()
-        if now - self._pruned_at > 60:
-            self.client_limits.prune(now)
-            self._pruned_at = now
         try:
-            terms = negotiate(body, self.limits, self.domains)
+            terms = negotiate(body, self.limits, hub.domains)
         except BoshError as exc:
             log.info("session refused for %s: %s", client_ip, exc)
             return self.error(exc.condition, legacy)
         try:
-            sid = self.registry.reserve()
+            sid = hub.admit(client_ip, now)
         except BoshError as exc:
-            log.warning("session refused for %s: %s (max_sessions %d)", client_ip, exc,
-                        self.registry.max_sessions)
-            return self.limit_hit("sessions", exc.condition, legacy)
-        try:
-            self.client_limits.admit(client_ip, now)
-        except BoshError as exc:
-            log.warning("session refused for %s: %s", client_ip, exc)
-            return self.limit_hit("per_ip", exc.condition, legacy)
+            return self.error(exc.condition, legacy)  # counted by hub.admit as a limit hit
         driver = SessionDriver(self, sid, client_ip, secure)
-        self.registry.add(sid, driver)
-        self.metrics.sessions_created.inc()
+        hub.add(driver)
         return await driver.create(terms, is_closing)
 
     def reload(self, limits: Limits, max_sessions: int, client_limits: ClientLimits,
                max_stanza_bytes: int, domains: Sequence[str] | None = None,
                see_other_uri: str = "") -> None:
-        """Apply new limits (SIGHUP). Open sessions keep the terms they negotiated; their
-        per-address counts carry over to the new policy. Sessions of a domain that is no
-        longer served end with host-gone (§17.2)."""
+        """Apply new limits (SIGHUP): the BOSH ``limits`` here, the shared ones in the hub
+        (which ends sessions of a domain no longer served with host-gone, §17.2)."""
         self.limits = limits
-        self.registry.max_sessions = max_sessions
-        self.client_limits.policy = client_limits.policy
-        self.max_stanza_bytes = max_stanza_bytes
-        self.see_other_uri = see_other_uri
-        if domains is not None:
-            self.domains = frozenset(d.lower() for d in domains)
-            for driver in self.registry:
-                session = driver.session
-                if session is not None and session.terms.stream.to.lower() not in self.domains:
-                    driver.end(Condition.HOST_GONE)
+        self.hub.reload(max_sessions, client_limits, max_stanza_bytes, domains, see_other_uri)
 
     async def shutdown(self, condition: Condition = Condition.SYSTEM_SHUTDOWN) -> None:
-        """Stop accepting sessions and end every open one with ``condition`` (§17.2)."""
-        self.accepting = False
-        for driver in self.registry:
-            driver.end(condition)
+        """Stop accepting sessions and end every open one (all transports, §17.2)."""
+        await self.hub.shutdown()
 
 
-class SessionDriver:
-    """Executes one session's events; is the session's ``UpstreamListener``."""
+class SessionDriver(UpstreamLink):
+    """Executes one BOSH session's events; is the session's ``UpstreamListener``."""
+
+    transport = "bosh"
 
     def __init__(self, manager: Manager, sid: str, client_ip: str = "-", secure: bool = False) -> None:
+        super().__init__(manager.hub, sid, client_ip)
         self.manager = manager
-        self.sid = sid
-        self.client_ip = client_ip
         self.secure = secure  # created over https: stays https (§19.1)
         self.session: Session | None = None
-        self.upstream: Upstream | None = None
-        self._released = False
-        self._upstream_live = False
-        self._opened_at: float | None = None
-        self._loop = asyncio.get_running_loop()
         # Keyed by the request token the core sees (an int from Manager.next_request_id).
         self._futures: dict[Hashable, asyncio.Future[Reply]] = {}
         self._closing: dict[Hashable, IsClosing] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
 
+    @property
+    def domain(self) -> str | None:
+        return self.session.terms.stream.to if self.session is not None else None
+
     # -- requests ---------------------------------------------------------------------------
 
     async def create(self, terms: Terms, is_closing: IsClosing) -> Reply:
         req, fut = self._new_request(is_closing)
         self.session = Session(self.sid, terms, req, self._loop.time())
-        log.info("session %s created for %s from %s (wait %d, hold %d)", self.sid, terms.stream.to,
-                 self.client_ip, terms.wait, terms.hold)
+        log.info("session %s created for %s from %s (bosh, wait %d, hold %d)", self.sid,
+                 terms.stream.to, self.client_ip, terms.wait, terms.hold)
         try:
             self._execute(self.session.initial_events())
         except Exception:  # e.g. the upstream factory failed: clean up like any crash
@@ -269,37 +247,31 @@ class SessionDriver:
     # -- upstream listener ------------------------------------------------------------------
 
     def upstream_ready(self, info: StreamInfo, features: bytes) -> None:
-        if self._opened_at is not None:
-            took = self._loop.time() - self._opened_at
-            self._opened_at = None
-            self.manager.metrics.upstream_connect.observe(took)
-            log.info("session %s upstream ready in %.3f s", self.sid, took)
+        self.note_ready(info)
         self._call(lambda s, now: s.upstream_ready(info, features, now))
 
+    def upstream_header(self, info: StreamInfo) -> None:
+        """XEP-0206 §5: BOSH has no use for the restarted header; the features follow."""
+
     def upstream_elements(self, elements: Sequence[bytes]) -> None:
-        m = self.manager.metrics
-        m.stanzas.labels("out").inc(len(elements))
-        m.bytes.labels("out").inc(sum(map(len, elements)))
+        self.note_pushed(elements)
         self._call(lambda s, now: s.upstream_elements(list(elements), now))
 
-    def upstream_closed(self, condition: Condition, stream_error: bytes | None) -> None:
+    def upstream_closed(self, stream_error: bytes | None) -> None:
+        # XEP-0206 §6 / XEP-0124 §17.2: a server stream error reaches the client inside a
+        # remote-stream-error terminate; anything else is remote-connection-failed.
+        condition = (Condition.REMOTE_STREAM_ERROR if stream_error is not None
+                     else Condition.REMOTE_CONNECTION_FAILED)
         log.info("session %s upstream closed: %s", self.sid, condition.value)
-        self._upstream_gone()
+        self.upstream_gone()
         self._call(lambda s, now: s.upstream_closed(condition, stream_error, now))
-
-    def _upstream_gone(self) -> None:
-        if self._upstream_live:
-            self._upstream_live = False
-            self.manager.metrics.upstreams_open.dec()
-
-    def _release(self) -> None:
-        """Give the session's per-address slot back, exactly once."""
-        if not self._released:
-            self._released = True
-            self.manager.client_limits.release(self.client_ip)
 
     def end(self, condition: Condition) -> None:
         self._call(lambda s, now: s.shutdown(condition, now))
+
+    def shutdown(self) -> None:
+        """SIGTERM: held requests get system-shutdown, the stream its footer (§17.2)."""
+        self.end(Condition.SYSTEM_SHUTDOWN)
 
     # -- the engine -------------------------------------------------------------------------
 
@@ -338,33 +310,14 @@ class SessionDriver:
                 if fut is not None and not fut.done() and self.session is not None:
                     terms = self.session.terms
                     fut.set_result(Reply(ev.status, ev.body, terms.content, terms.accept))
-            elif isinstance(ev, SendUpstream):
-                if self.upstream is not None:
-                    self.upstream.send(ev.elements)
-            elif isinstance(ev, OpenUpstream):
-                self._opened_at = self._loop.time()
-                self._upstream_live = True
-                self.manager.metrics.upstreams_open.inc()
-                self.upstream = self.manager.upstreams.open(ev.params, self)
-            elif isinstance(ev, RestartUpstream):
-                if self.upstream is not None:
-                    self.upstream.restart(ev.params)
-            elif isinstance(ev, CloseUpstream):
-                if self.upstream is not None:
-                    self.upstream.close()
-                self._upstream_gone()
-            elif isinstance(ev, FlowControl):
-                if self.upstream is not None:
-                    if ev.paused:
-                        self.upstream.pause_reading()
-                    else:
-                        self.upstream.resume_reading()
             elif isinstance(ev, SessionEnded):
                 self._ended(ev)
+            else:
+                self.run_upstream_event(ev)
         self._arm()
 
     def _ended(self, ev: SessionEnded) -> None:
-        log.info("session %s ended (condition %s)", self.sid,
+        log.info("session %s ended (bosh, condition %s)", self.sid,
                  ev.condition.value if ev.condition else "none")
         # The core answered every request it knew; anything left is a safety net.
         self._teardown(ev.condition, error_reply(Condition.ITEM_NOT_FOUND))
@@ -373,25 +326,14 @@ class SessionDriver:
     def _crash(self) -> None:
         self._teardown(Condition.INTERNAL_SERVER_ERROR,
                        Reply(200, wire.render_terminate(Condition.INTERNAL_SERVER_ERROR)))
-        if self.upstream is not None:
-            try:
-                self.upstream.close()
-            except Exception:  # already failing; the session is gone either way
-                log.exception("session %s: upstream close failed", self.sid)
-            self.upstream = None
+        self.drop_upstream()
         self.session = None
         self._cancel_timer()
 
-    def _teardown(self, condition: Condition | None, leftover: Reply) -> None:
-        """Forget the session everywhere, exactly once per cause: registry, per-address
-        slot, upstream gauge, metrics; answer any request still waiting with ``leftover``."""
-        m = self.manager.metrics
-        m.sessions_ended.labels(condition.value if condition else "none").inc()
-        if condition is not None:
-            m.errors.labels(condition.value).inc()
-        self.manager.registry.remove(self.sid)
-        self._release()
-        self._upstream_gone()
+    def _teardown(self, condition: EndCondition, leftover: Reply) -> None:
+        """Forget the session everywhere (``UpstreamLink.forget``: registry, per-address
+        slot, upstream gauge, metrics); answer any request still waiting with ``leftover``."""
+        self.forget(condition)
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_result(leftover)

@@ -57,3 +57,36 @@ class BoshError(Exception):
 
 class ConfigError(Exception):
     """A configuration mistake; the message names the file, the key and what is allowed."""
+
+
+class StreamCondition(enum.Enum):
+    """The stream error conditions (RFC 6120 §4.9.3) that bosh-cm itself sends over
+    WebSocket (RFC 7395 §3.5), with their exact element names."""
+
+    HOST_UNKNOWN = "host-unknown"
+    INVALID_NAMESPACE = "invalid-namespace"
+    INVALID_XML = "invalid-xml"
+    NOT_WELL_FORMED = "not-well-formed"
+    POLICY_VIOLATION = "policy-violation"
+    RESTRICTED_XML = "restricted-xml"
+    SYSTEM_SHUTDOWN = "system-shutdown"
+    HOST_GONE = "host-gone"
+    CONNECTION_TIMEOUT = "connection-timeout"
+    INTERNAL_SERVER_ERROR = "internal-server-error"
+    UNSUPPORTED_ENCODING = "unsupported-encoding"
+    UNSUPPORTED_VERSION = "unsupported-version"
+
+
+class XmlRefused(Exception):
+    """A client document the hardened parser refuses (``bosh.xmlsafe``); each transport maps
+    ``kind`` to its own condition once, at its boundary."""
+
+    NOT_WELL_FORMED = "not-well-formed"   # not XML, or not UTF-8
+    RESTRICTED = "restricted-xml"         # DOCTYPE, comment, processing instruction
+    TOO_COMPLEX = "policy-violation"      # nesting or attribute bounds exceeded
+    INVALID = "invalid-xml"               # well-formed but not acceptable (text where none may be)
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail

@@ -19,12 +19,23 @@ bosh_upstream_connect_seconds         histogram  upstream connect + TLS + featur
 bosh_response_seconds                 histogram  request arrival to answer ready
 bosh_errors_total{condition}          counter    terminal error answers by XEP-0124 condition
 bosh_limit_hits_total{limit}          counter    requests refused by a limit
+bosh_transport_sessions_open          gauge      sessions open now, by transport
+  {transport}
+bosh_transport_sessions_created_total counter    sessions created, by transport
+  {transport}
+bosh_transport_sessions_ended_total   counter    sessions ended, by transport and condition
+  {transport,condition}                          (a stream error condition for websocket)
+bosh_transport_stanzas_total          counter    elements passed, by transport and direction
+  {transport,direction}
+bosh_websocket_closes_total{code}     counter    WebSocket connections closed by bosh-cm, by
+                                                 close code (1012 = released for resumption)
 ====================================  =========  ==============================================
+
+The unlabelled series count every transport together (their names and meaning predate the
+WebSocket transport); ``transport`` is ``bosh`` or ``websocket``.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -63,14 +74,27 @@ class Metrics:
                               registry=r)
         self.limit_hits = Counter("bosh_limit_hits", "Requests refused by a limit", ["limit"],
                                   registry=r)
+        self.transport_sessions_open = Gauge(
+            "bosh_transport_sessions_open", "Sessions open now by transport", ["transport"], registry=r)
+        self.transport_sessions_created = Counter(
+            "bosh_transport_sessions_created", "Sessions created by transport", ["transport"],
+            registry=r)
+        self.transport_sessions_ended = Counter(
+            "bosh_transport_sessions_ended", "Sessions ended by transport and condition",
+            ["transport", "condition"], registry=r)
+        self.transport_stanzas = Counter(
+            "bosh_transport_stanzas", "Elements passed by transport and direction",
+            ["transport", "direction"], registry=r)
+        self.websocket_closes = Counter(
+            "bosh_websocket_closes", "WebSocket connections closed by bosh-cm by close code",
+            ["code"], registry=r)
         for d in ("in", "out"):  # export zeros from the start: rate() needs a first sample
             self.stanzas.labels(d)
             self.bytes.labels(d)
-
-    def track_sessions(self, count: Callable[[], int], held: Callable[[], int]) -> None:
-        """Read the live gauges from the registry at scrape time."""
-        self.sessions_open.set_function(count)
-        self.requests_held.set_function(held)
+            for t in ("bosh", "websocket"):
+                self.transport_stanzas.labels(t, d)
+        for t in ("bosh", "websocket"):
+            self.transport_sessions_created.labels(t)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

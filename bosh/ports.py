@@ -1,25 +1,26 @@
-"""Interfaces between the BOSH side and the upstream (XMPP) side.
+"""Interfaces between the client transports (BOSH, WebSocket) and the upstream (XMPP) side.
 
-``bosh`` owns these types; ``xmpp_bridge`` implements them. Nothing here does I/O.
+``bosh`` owns these types; ``xmpp_bridge`` implements them. Nothing here does I/O, and
+nothing here belongs to one transport: the same upstream serves a BOSH session and a
+WebSocket session alike.
 
 Payloads cross the boundary already serialized:
 
-* client -> server: :class:`ClientElement` -- one top-level child of a client's ``<body/>``,
-  namespace-correct (stanzas that arrived without an xmlns are already remapped to
-  ``jabber:client``, XEP-0206 §2 note), serialized with its own namespace declarations so it
-  can be written onto the upstream stream as is.
-* server -> client: ``bytes`` -- one top-level element of the upstream stream, serialized
-  with an explicit ``xmlns`` on the top element (``jabber:client`` for stanzas) and the
-  ``stream:`` prefix (without its declaration) for elements in the streams namespace.
-  The ``<body/>`` that carries them declares ``xmlns:stream`` (XEP-0206 §2).
+* client -> server: :class:`ClientElement` -- one top-level element from the client (a child
+  of a BOSH ``<body/>``, or one WebSocket message), namespace-correct (stanzas that arrived
+  without an xmlns are already remapped to ``jabber:client``, XEP-0206 §2 note), serialized
+  with its own namespace declarations so it can be written onto the upstream stream as is.
+* server -> client: ``bytes`` -- one top-level element of the upstream stream, standalone:
+  an explicit ``xmlns`` on the top element (``jabber:client`` for stanzas) and, for elements
+  in the streams namespace, the ``stream:`` prefix declared on the element itself
+  (``<stream:features xmlns:stream=...>``). So it can be one WebSocket message as is
+  (RFC 7395 §3.3.3) or sit inside a BOSH ``<body/>`` (XEP-0206 §2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol, Sequence
-
-from bosh.errors import Condition
 
 NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
 NS_XBOSH = "urn:xmpp:xbosh"
@@ -67,20 +68,24 @@ class UpstreamListener(Protocol):
     def upstream_ready(self, info: StreamInfo, features: bytes) -> None:
         """The stream is open (after STARTTLS when that is used) and its features arrived."""
 
+    def upstream_header(self, info: StreamInfo) -> None:
+        """The server's new stream header after a restart (RFC 6120 §4.3.3); its features
+        follow through :meth:`upstream_elements`. (A WebSocket session answers the client's
+        new ``<open/>`` with it, RFC 7395 §3.7.)"""
+
     def upstream_elements(self, elements: Sequence[bytes]) -> None:
         """Top-level elements received, in order (after a restart: the new features too)."""
 
-    def upstream_closed(self, condition: Condition, stream_error: bytes | None) -> None:
-        """The stream ended. ``stream_error`` is the serialized ``<stream:error/>`` if any.
-
-        Called at most once. ``condition`` is REMOTE_STREAM_ERROR with a stream error,
-        otherwise REMOTE_CONNECTION_FAILED (connection failed, lost, TLS failure,
-        or the server closed its stream).
+    def upstream_closed(self, stream_error: bytes | None) -> None:
+        """The stream ended. ``stream_error`` is the serialized ``<stream:error/>`` if the
+        server sent one; None means the connection failed or was lost, TLS failed, or the
+        server closed its stream. Called at most once; each transport maps it to its own
+        condition (BOSH: remote-stream-error / remote-connection-failed, XEP-0124 §17.2).
         """
 
 
 class Upstream(Protocol):
-    """One XMPP stream to the server, owned by one BOSH session."""
+    """One XMPP stream to the server, owned by one client session (any transport)."""
 
     def send(self, elements: Sequence[ClientElement]) -> None:
         """Write client elements upstream (filtered: see xmpp_bridge.xml)."""
@@ -88,10 +93,13 @@ class Upstream(Protocol):
     def restart(self, params: StreamParams) -> None:
         """XEP-0206 §5: reset the parser and send a fresh stream header on the same TCP stream."""
 
-    def close(self) -> None:
-        """Send ``</stream:stream>`` (if open) and close the connection. Idempotent.
+    def close(self, end_stream: bool = True) -> None:
+        """Close the connection. Idempotent; does not call ``upstream_closed``.
 
-        Does not call ``upstream_closed``.
+        ``end_stream``: send ``</stream:stream>`` first (if open). False drops the TCP
+        connection without it, so that a server that granted XEP-0198 resumption keeps the
+        session for the client to resume (a cleanly closed stream is not resumable,
+        XEP-0198 §5).
         """
 
     def pause_reading(self) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Hashable, Sequence, Union
 
 from bosh.errors import BoshError, Condition
+from bosh.events import CloseUpstream, FlowControl, OpenUpstream, RestartUpstream, SendUpstream, SessionEnded
 from bosh.ports import ClientElement, StreamInfo, StreamParams
 from bosh.wire import Body, bounce, parse_bool, parse_route, parse_uint, render_body, render_error, render_terminate
 
@@ -53,39 +54,6 @@ class Respond:
     request: Hashable
     body: bytes
     status: int = 200
-
-
-@dataclass(frozen=True, slots=True)
-class OpenUpstream:
-    params: StreamParams
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    elements: tuple[ClientElement, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RestartUpstream:
-    params: StreamParams
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUpstream:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class FlowControl:
-    """Pause (``paused=True``) or resume reading from the server: the queue for a client
-    that does not poll must not grow without bound."""
-
-    paused: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEnded:
-    condition: Condition | None
 
 
 Event = Union[Respond, OpenUpstream, SendUpstream, RestartUpstream, CloseUpstream, FlowControl,

@@ -11,15 +11,20 @@ import gzip
 import html
 import logging
 import zlib
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bosh.config import HttpConfig
+from bosh import discovery
+from bosh.config import DiscoveryConfig, HttpConfig, WebSocketConfig
 from bosh.driver import DROP, Manager, Reply
 from bosh.errors import BoshError, Condition
 from bosh.limits import client_address, forwarded_secure, parse_networks
 from bosh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bosh.session import CODINGS
+
+if TYPE_CHECKING:
+    from bosh.ws_driver import WsEndpoint
 
 log = logging.getLogger("bosh.web")
 
@@ -34,6 +39,9 @@ HEALTHZ_PATH = "/healthz"   # 200 while the process runs
 READYZ_PATH = "/readyz"     # 200 while accepting new sessions, 503 while draining
 METRICS_PATH = "/metrics"   # Prometheus text format
 OPS_PATHS = (HEALTHZ_PATH, READYZ_PATH, METRICS_PATH)
+HOST_META_PATH = "/.well-known/host-meta"            # XEP-0156 §3 (XRD)
+HOST_META_JSON_PATH = "/.well-known/host-meta.json"  # XEP-0156 §3 (JRD)
+DISCOVERY_KEY = web.AppKey("discovery", DiscoveryConfig)
 
 _INFO_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>bosh-cm</title></head>
@@ -191,13 +199,24 @@ async def handle_post(request: web.Request) -> web.Response:
     return _response(request, reply)
 
 
+async def handle_host_meta(request: web.Request) -> web.Response:
+    """XEP-0156 discovery; any origin may read it (Converse.js fetches it cross-origin)."""
+    d = request.app[DISCOVERY_KEY]
+    as_json = request.path == HOST_META_JSON_PATH
+    body = (discovery.render_jrd if as_json else discovery.render_xrd)(d.bosh_url, d.websocket_url)
+    resp = web.Response(body=body, headers={"Access-Control-Allow-Origin": "*",
+                                            "Cache-Control": "max-age=3600"})
+    resp.headers["Content-Type"] = discovery.JRD_TYPE if as_json else discovery.XRD_TYPE
+    return resp
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
-    if manager.accepting:
+    if manager.hub.accepting:
         return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
     return web.Response(status=503, text="draining\n", headers={"Cache-Control": "no-store"})
 
@@ -211,7 +230,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def handle_get(request: web.Request) -> web.Response:
     manager = request.app[MANAGER_KEY]
-    page = _INFO_PAGE.format(url=html.escape(str(request.url)), sessions=len(manager.registry))
+    page = _INFO_PAGE.format(url=html.escape(str(request.url)), sessions=len(manager.hub.registry))
     headers = _cors_headers(request, request.app[CONFIG_KEY])
     return web.Response(text=page, content_type="text/html", headers=headers)
 
@@ -221,11 +240,27 @@ async def handle_options(request: web.Request) -> web.Response:
     return web.Response(status=204 if headers else 403, headers=headers)
 
 
-def make_app(manager: Manager, cfg: HttpConfig) -> web.Application:
+def make_app(manager: Manager, cfg: HttpConfig, *, websocket: "WsEndpoint | None" = None,
+             ws_config: WebSocketConfig | None = None,
+             discovery_config: DiscoveryConfig | None = None) -> web.Application:
+    """One listener for every transport: BOSH at ``cfg.path``, WebSocket (when ``websocket``
+    is given) at ``ws_config.path``, discovery and the operations endpoints."""
     app = web.Application(client_max_size=cfg.max_body_bytes)
     app[MANAGER_KEY] = manager
     app[CONFIG_KEY] = cfg
     app[TRUSTED_KEY] = parse_networks(cfg.trusted_proxies)
+    app[DISCOVERY_KEY] = discovery_config if discovery_config is not None else DiscoveryConfig()
+    if websocket is not None:
+        from bosh import ws_web
+
+        wcfg = ws_config if ws_config is not None else WebSocketConfig()
+        app[ws_web.WS_ENDPOINT_KEY] = websocket
+        app[ws_web.WS_CONFIG_KEY] = wcfg
+        # [] = the BOSH CORS origins: one list of trusted pages for both transports.
+        app[ws_web.ALLOWED_ORIGINS_KEY] = wcfg.origins or cfg.cors_origins
+        app.router.add_get(wcfg.path, ws_web.handle_websocket)
+    app.router.add_get(HOST_META_PATH, handle_host_meta)
+    app.router.add_get(HOST_META_JSON_PATH, handle_host_meta)
     app.router.add_get(HEALTHZ_PATH, handle_healthz)
     app.router.add_get(READYZ_PATH, handle_readyz)
     app.router.add_get(METRICS_PATH, handle_metrics)

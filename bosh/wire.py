@@ -1,8 +1,8 @@
 """The BOSH wire format: a hardened ``<body/>`` parser and the body renderers.
 
-This is the project's only lxml user. Requests are parsed with a parser that never loads a
-DTD, never resolves entities and never touches the network (XEP-0124 §6, §19; checklist #13);
-a DOCTYPE, a comment or a processing instruction anywhere is a bad-request.
+Requests are parsed by the hardened parser every transport shares (:mod:`bosh.xmlsafe`: no
+DTD, no entities, no network; XEP-0124 §6, §19; checklist #13); a DOCTYPE, a comment or a
+processing instruction anywhere is a bad-request.
 
 Responses are built as bytes directly: payloads already arrive serialized (see
 ``bosh.ports``), so a response is a start tag, the payload bytes and an end tag.
@@ -16,26 +16,14 @@ from typing import Iterable, Mapping, Sequence
 
 from lxml import etree
 
-from bosh.errors import BoshError, Condition
+from bosh import xmlsafe
+from bosh.errors import BoshError, Condition, XmlRefused
 from bosh.ports import NS_CLIENT, NS_HTTPBIND, NS_STREAM, NS_XBOSH, NS_XML, ClientElement
 
 # XEP-0124 §14.1: rids go up to 2^53 - 1; anything larger is not a valid rid.
 MAX_RID = 2**53 - 1
 
 _ATTR_PREFIXES = {NS_XBOSH: "xmpp:", NS_XML: "xml:"}
-_MAX_DEPTH = 64
-_MAX_ATTRIBUTES = 64
-
-_PARSER = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    load_dtd=False,
-    dtd_validation=False,
-    huge_tree=False,
-    remove_comments=False,
-    remove_pis=False,
-    collect_ids=False,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +83,14 @@ def parse_bool(value: str | None) -> bool:
 
 
 def parse_body(data: bytes) -> Body:
-    """Parse one request body, raising ``BoshError(BAD_REQUEST)`` on anything unacceptable."""
+    """Parse one request body, raising ``BoshError(BAD_REQUEST)`` on anything unacceptable
+    (the hardened parser of :mod:`bosh.xmlsafe`; every refusal is bad-request here, §17.2)."""
     if not data.strip():
         raise BoshError(Condition.BAD_REQUEST, "empty request")
     try:
-        root = etree.fromstring(data, _PARSER)
-    except (etree.XMLSyntaxError, ValueError) as exc:  # ValueError: e.g. a refused encoding
-        error = BoshError(Condition.BAD_REQUEST, f"malformed XML: {exc}")
+        root = xmlsafe.parse_document(data)
+    except XmlRefused as exc:
+        error = BoshError(Condition.BAD_REQUEST, exc.detail)
         # A terminal error ends the session the request names (§17.2, checklist #89), even
         # when the document as a whole is unreadable (a billion-laughs DTD, say).
         error.sid = _scan_attr(data, _SID_RE)
@@ -109,14 +98,8 @@ def parse_body(data: bytes) -> Body:
         raise error from None
     if root.tag != f"{{{NS_HTTPBIND}}}body":
         raise BoshError(Condition.BAD_REQUEST, "root element must be {%s}body" % NS_HTTPBIND)
-    attrs = _attrs(root)
+    attrs = xmlsafe.attrs_of(root, _ATTR_PREFIXES)
     try:
-        tree = root.getroottree()
-        if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-            raise BoshError(Condition.BAD_REQUEST, "DOCTYPE not allowed")  # §6, checklist #13
-        # Prolog/epilog comments and PIs are siblings of the root.
-        if root.getprevious() is not None or root.getnext() is not None:
-            raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
         if root.text is not None and root.text.strip():
             raise BoshError(Condition.BAD_REQUEST, "character data directly inside <body/>")  # §6
         payload = tuple(_payload(root))
@@ -137,73 +120,20 @@ def _scan_attr(data: bytes, pattern: re.Pattern[bytes]) -> str | None:
     return match.group(2).decode("ascii") if match else None
 
 
-def _attrs(elem: etree._Element) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in elem.attrib.items():
-        if key[0] == "{":
-            ns, _, local = key[1:].partition("}")
-            prefix = _ATTR_PREFIXES.get(ns)
-            key = prefix + local if prefix else key
-        out[key] = value
-    return out
-
-
 def _payload(root: etree._Element) -> Iterable[ClientElement]:
     for child in root:
-        if not isinstance(child.tag, str):
-            # Comments, PIs and entity references inside the body (§6, checklist #13).
-            raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
         if child.tail is not None and child.tail.strip():
             raise BoshError(Condition.BAD_REQUEST, "character data directly inside <body/>")
-        ns, name = _split(child.tag)
-        # XEP-0206 §2 note: stanzas sent without an xmlns inherit the httpbind namespace;
-        # they (and their descendants) really are jabber:client.
-        if ns == NS_HTTPBIND:
-            ns = NS_CLIENT
-        # An unqualified descendant cannot sit under a default namespace (lxml cannot write
-        # xmlns=""), so such a rare payload is written with prefixes instead.
-        prefixed = any(isinstance(e.tag, str) and e.tag[0] != "{" for e in child.iter())
-        copy = _rebuild(child, None, 0, prefixed)
-        yield ClientElement(ns, name, etree.tostring(copy, encoding="utf-8"))
+        try:
+            # XEP-0206 §2 note: stanzas sent without an xmlns inherit the httpbind namespace;
+            # they (and their descendants) really are jabber:client.
+            yield xmlsafe.client_element(child, remap=NS_HTTPBIND)
+        except XmlRefused as exc:
+            raise BoshError(Condition.BAD_REQUEST, exc.detail) from None
 
 
 def _split(tag: str) -> tuple[str, str]:
-    if tag[0] == "{":
-        ns, _, local = tag[1:].partition("}")
-        return ns, local
-    return "", tag
-
-
-def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int,
-             prefixed: bool = False) -> etree._Element:
-    """Copy ``src`` into a fresh tree whose namespace declarations are exactly the ones used.
-
-    Re-serializing a parsed tree is also what stops a client from injecting raw markup such
-    as ``</stream:stream>`` into the upstream stream.
-    """
-    if depth > _MAX_DEPTH:
-        raise BoshError(Condition.BAD_REQUEST, "payload nested too deeply")
-    if len(src.attrib) > _MAX_ATTRIBUTES:
-        raise BoshError(Condition.BAD_REQUEST, "too many attributes")
-    ns, name = _split(src.tag)
-    if ns == NS_HTTPBIND:
-        ns = NS_CLIENT
-    tag = f"{{{ns}}}{name}" if ns else name
-    parent_ns = None if parent is None else _split(parent.tag)[0]
-    nsmap = {None: ns} if ns and ns != parent_ns and not prefixed else None
-    if parent is None:
-        elem = etree.Element(tag, nsmap=nsmap)
-    else:
-        elem = etree.SubElement(parent, tag, nsmap=nsmap)
-    for key, value in src.attrib.items():
-        elem.set(key, value)
-    elem.text = src.text
-    for child in src:
-        if not isinstance(child.tag, str):
-            raise BoshError(Condition.BAD_REQUEST, "comments and processing instructions not allowed")
-        copy = _rebuild(child, elem, depth + 1, prefixed)
-        copy.tail = child.tail
-    return elem
+    return xmlsafe.split(tag)
 
 
 # ---------------------------------------------------------------------------------------

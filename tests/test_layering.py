@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ("errors", "wire", "session", "registry", "config", "ports", "limits")
+CORE = ("errors", "wire", "session", "registry", "config", "ports", "limits", "xmlsafe", "events",
+        "ws_session", "discovery")
+DRIVERS = ("driver", "hub", "ws_driver")  # asyncio glue, no aiohttp
 BRIDGE_MAY_USE = {"bosh.ports", "bosh.errors", "bosh.config"}
 
 
@@ -38,8 +40,9 @@ def test_core_module_does_no_io(module: str) -> None:
     assert not used & {"asyncio", "aiohttp", "slixmpp", "xmpp_bridge", "socket", "ssl"}, used
 
 
-def test_driver_uses_asyncio_but_not_aiohttp() -> None:
-    used = top(imports(ROOT / "bosh" / "driver.py"))
+@pytest.mark.parametrize("module", DRIVERS)
+def test_drivers_use_asyncio_but_not_aiohttp(module: str) -> None:
+    used = top(imports(ROOT / "bosh" / f"{module}.py"))
     assert "aiohttp" not in used and "slixmpp" not in used and "xmpp_bridge" not in used
 
 

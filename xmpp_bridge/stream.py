@@ -164,6 +164,9 @@ class StreamOwner(Protocol):
         (RFC 6120 §4.7.5).
         """
 
+    def stream_header(self, header: Mapping[str, str]) -> None:
+        """A new server stream header after :meth:`stream_ready` (a restart)."""
+
     def stream_elements(self, elements: list[ET.Element]) -> None:
         """Top-level elements after :meth:`stream_ready`, one batch per read."""
 
@@ -267,6 +270,17 @@ class BridgeStream(XMLStream):
     def start_stream_handler(self, xml: ET.Element) -> None:
         """Capture every server stream header; the post-TLS one feeds ``StreamInfo``."""
         self.server_header = {key: value for key, value in xml.attrib.items()}
+        if self._state is _State.OPEN:
+            # The answer to a restart (RFC 6120 §4.3.3): elements parsed before it in this
+            # read go first, so the owner sees header and features in stream order.
+            if self._batch:
+                self._deliver(self._batch)
+                self._batch.clear()
+            try:
+                self._owner.stream_header(dict(self.server_header))
+            except Exception as exc:
+                self._count_error(exc, "stream_header")
+            return
         if self._state is _State.AWAIT_FEATURES and not self.server_header.get("version"):
             # RFC 6120 §4.7.5: no version means a pre-1.0 server that sends no features.
             # Nothing to negotiate; TLS cannot be had, so refuse it when required.

@@ -1,6 +1,6 @@
 """``bosh.ports.UpstreamFactory`` / ``Upstream`` on top of :mod:`xmpp_bridge.stream`.
 
-One :class:`XmppUpstream` per BOSH session. :meth:`XmppUpstreamFactory.open` returns at
+One :class:`XmppUpstream` per client session (BOSH or WebSocket). :meth:`XmppUpstreamFactory.open` returns at
 once; a background task resolves, connects, negotiates STARTTLS and waits for the
 post-TLS features, all within ``connect_timeout``. Progress and the end of the stream are
 reported through the session's ``UpstreamListener`` exactly as ``bosh/ports.py`` specifies.
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from bosh.config import UpstreamConfig
-from bosh.errors import Condition
 from bosh.ports import ClientElement, StreamInfo, StreamParams, UpstreamListener
 from xmpp_bridge.routing import (DEFAULT_CLIENT_PORT, SRV_SERVICE, RoutePlan, order_srv_answers,
                                  plan_route)
@@ -136,17 +135,17 @@ class XmppUpstream:
         self._params = params
         self._stream.restart(build_stream_header(params))
 
-    def close(self) -> None:
-        """Send ``</stream:stream>`` if open and close the connection. Idempotent.
-
-        Never calls ``upstream_closed``.
+    def close(self, end_stream: bool = True) -> None:
+        """Close the connection, with ``</stream:stream>`` first when ``end_stream`` and the
+        stream is open. Without it the server keeps an XEP-0198 session resumable (§5).
+        Idempotent; never calls ``upstream_closed``.
         """
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._stream.shutdown(send_footer=True)
+        self._stream.shutdown(send_footer=end_stream)
         if not self._ready.done():
             self._ready.set_result(False)
 
@@ -188,7 +187,7 @@ class XmppUpstream:
             reason = f"internal error: {exc!r}"
         if self._state is _State.CONNECTING:
             self._stream.shutdown(send_footer=False)
-            self._report_closed(Condition.REMOTE_CONNECTION_FAILED, None, reason)
+            self._report_closed(None, reason)
 
     async def _targets(self, plan: RoutePlan) -> list[tuple[str, int]]:
         if plan.srv_domain is None:
@@ -228,6 +227,13 @@ class XmppUpstream:
         data = serialize(filter_features(features)) if features is not None else b""
         self._call("upstream_ready", self._listener.upstream_ready, info, data)
 
+    def stream_header(self, header: Mapping[str, str]) -> None:
+        if self._state is not _State.OPEN:
+            return
+        info = StreamInfo(from_=header.get("from"), id=header.get("id"),
+                          version=header.get("version"))
+        self._call("upstream_header", self._listener.upstream_header, info)
+
     def stream_elements(self, elements: list[ET.Element]) -> None:
         if self._state is not _State.OPEN or not elements:
             return
@@ -242,16 +248,12 @@ class XmppUpstream:
             return
         if not self._ready.done():
             self._ready.set_result(False)
-        if error is not None:
-            # RFC 6120 §4.9 -> XEP-0124 §17.2 remote-stream-error carrying the error.
-            self._report_closed(Condition.REMOTE_STREAM_ERROR, serialize(error), reason)
-        else:
-            self._report_closed(Condition.REMOTE_CONNECTION_FAILED, None, reason)
+        # RFC 6120 §4.9: the server's stream error goes to the client as is.
+        self._report_closed(serialize(error) if error is not None else None, reason)
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _report_closed(self, condition: Condition, stream_error: bytes | None,
-                       reason: str) -> None:
+    def _report_closed(self, stream_error: bytes | None, reason: str) -> None:
         if self._state in (_State.CLOSED, _State.ENDED):
             return
         if self._state is _State.CONNECTING:
@@ -259,8 +261,9 @@ class XmppUpstream:
         else:
             self._stats.ended += 1
         self._state = _State.ENDED
-        log.info("upstream for %s closed (%s): %s", self._params.to, condition.value, reason)
-        self._call("upstream_closed", self._listener.upstream_closed, condition, stream_error)
+        log.info("upstream for %s closed (%s): %s", self._params.to,
+                 "stream error" if stream_error is not None else "no stream error", reason)
+        self._call("upstream_closed", self._listener.upstream_closed, stream_error)
 
     def _call(self, name: str, fn: Callable[..., None], *args: object) -> None:
         # An exception escaping into asyncio's data_received path would kill the

@@ -4,7 +4,7 @@ Three things live here, all pure functions without I/O:
 
 * :func:`serialize` -- writes one element parsed from the server stream (an
   ``xml.etree.ElementTree.Element`` with ``{namespace}name`` tags) as bytes that can be
-  placed inside a BOSH ``<body/>``. The standard serializers get this wrong in ways that
+  placed inside a BOSH ``<body/>`` or sent as one WebSocket message. The standard serializers get this wrong in ways that
   break real clients (see design.md section 5): ElementTree writes ``ns0:`` prefixes
   (Strophe.js matches on ``tagName``), slixmpp's ``tostring`` writes
   ``<stream:stream:features>`` or drops foreign attributes, and lxml copies inherited
@@ -98,7 +98,8 @@ class _Writer:
         self._counter += 1
         return prefix
 
-    def element(self, elem: ET.Element, default_ns: str, top: bool) -> None:
+    def element(self, elem: ET.Element, default_ns: str, top: bool,
+                stream_declared: bool = False) -> None:
         tag = elem.tag
         if not isinstance(tag, str):
             # Comments / processing instructions: the pull parser used by slixmpp does not
@@ -109,10 +110,14 @@ class _Writer:
         ns, name = split_tag(tag)
         decls: list[tuple[str, str]] = []  # (attribute name, namespace URI)
         if ns == NS_STREAM:
-            # XEP-0206 §2 / RFC 6120 §4.8: the enclosing <body/> declares xmlns:stream, so the
-            # prefix is used without a declaration here.
+            # RFC 7395 §3.3.3: no parent context provides the prefix, so the element declares
+            # it itself (inside a BOSH <body/> that also declares it, XEP-0206 §2, the
+            # repeated declaration is harmless).
             qname = f"{_STREAM_PREFIX}:{name}"
             child_default = default_ns
+            if not stream_declared:
+                decls.append((f"xmlns:{_STREAM_PREFIX}", NS_STREAM))
+                stream_declared = True
         else:
             qname = name
             if ns != default_ns:
@@ -129,6 +134,9 @@ class _Writer:
                 # (Namespaces in XML §3).
                 attrs.append((f"xml:{aname}", value))
             elif ans == NS_STREAM:
+                if not stream_declared:
+                    decls.append((f"xmlns:{_STREAM_PREFIX}", NS_STREAM))
+                    stream_declared = True
                 attrs.append((f"{_STREAM_PREFIX}:{aname}", value))
             else:
                 prefix = self.new_prefix()
@@ -150,7 +158,7 @@ class _Writer:
             if elem.text:
                 out.append(_escape_text(elem.text))
             for child in children:
-                self.element(child, child_default, top=False)
+                self.element(child, child_default, top=False, stream_declared=stream_declared)
             out.append(f"</{qname}>")
         if not top and elem.tail:
             out.append(_escape_text(elem.tail))
@@ -159,11 +167,11 @@ class _Writer:
 def serialize(elem: ET.Element) -> bytes:
     """Serialize one top-level element of the server stream as UTF-8 bytes.
 
-    The result is self-contained except for the ``stream`` prefix: the top element carries
-    an explicit ``xmlns`` (``jabber:client`` for stanzas, XEP-0206 §2 note), children in a
+    The result is a standalone document (RFC 7395 §3.3.3): the top element carries an
+    explicit ``xmlns`` (``jabber:client`` for stanzas, XEP-0206 §2 note), children in a
     different namespace declare their own, elements in the streams namespace are written
-    as ``stream:name`` without declaring the prefix (the BOSH ``<body/>`` declares
-    ``xmlns:stream``), ``xml:`` attributes keep their prefix, attributes in other
+    as ``stream:name`` with ``xmlns:stream`` declared on the outermost one, ``xml:``
+    attributes keep their prefix, attributes in other
     namespaces get a generated, declared prefix. The top element's ``tail`` (whitespace
     between stanzas) is not written.
     """

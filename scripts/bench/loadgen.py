@@ -1,11 +1,16 @@
-"""A lean BOSH load generator: many logged-in sessions, each holding one request.
+"""Lean load generators: many logged-in sessions over BOSH or over WebSocket (RFC 7395).
 
 Lean on purpose (2 cores shared with both servers): one aiohttp ClientSession with no
-connection limit and HTTP/1.1 keep-alive, request bodies built with f-strings, responses
-checked with byte searches and one regex, never parsed into a tree.
+connection limit (HTTP/1.1 keep-alive for BOSH), request bodies and WebSocket messages built
+with f-strings, what comes back checked with substring searches and one regex, never parsed
+into a tree.
+
+:class:`BoshLoad`: each session holds one request. :class:`WsLoad`: each session is one
+aiohttp client WebSocket and one reading task, nothing else per connection.
 
 Messages carry ``m<seq>t<perf_counter_ns>`` as their body text; the receiving session
-records ``now - t`` when the held response that carries it has been read.
+records ``now - t`` when the held response (BOSH) or the WebSocket message (RFC 7395: one
+stanza per message) that carries it has been read.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import aiohttp
 
 from servers import PASSWORD, user_name
 
-__all__ = ["BoshLoad", "Session", "LoginError"]
+__all__ = ["BoshLoad", "Session", "WsLoad", "WsSession", "LoginError"]
 
 NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
 HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
 _SID = re.compile(rb"""\bsid=['"]([^'"]+)['"]""")
 _MSG = re.compile(rb">m(\d+)t(\d+)<")
+_MSG_TEXT = re.compile(r">m(\d+)t(\d+)<")   # the same over a WebSocket text message (str)
 
 
 class LoginError(Exception):
@@ -36,8 +42,8 @@ class LoginError(Exception):
 
 @dataclass(slots=True)
 class Counters:
-    responses: int = 0              # HTTP responses read (all phases)
-    msg_responses: int = 0          # responses that carried at least one benchmark message
+    responses: int = 0              # HTTP responses (BOSH) / WebSocket messages read, all phases
+    msg_responses: int = 0          # of those, the ones that carried a benchmark message
     received: int = 0
     duplicates: int = 0
     errors: list[str] = field(default_factory=list)
@@ -109,6 +115,9 @@ class Session:
         await self._until(raw, b"<presence", "presence echo")
         self.alive = True
 
+    async def abort(self) -> None:
+        """After a failed login: nothing of its own to release (the connection is pooled)."""
+
     async def hold(self) -> None:
         """Keep one request held; record every benchmark message that comes back."""
         load = self.load
@@ -139,42 +148,42 @@ class Session:
             counters.errors.append(f"{self.jid}: {exc!r}"[:300])
 
 
-class BoshLoad:
-    """N BOSH sessions against one endpoint."""
+class _Load:
+    """What both load generators share: counters, received messages, logging in N sessions."""
 
-    def __init__(self, url: str, domain: str, *, wait: int = 60) -> None:
+    session_class: type
+    login_errors: tuple[type[BaseException], ...] = (LoginError, aiohttp.ClientError,
+                                                     asyncio.TimeoutError)
+
+    def __init__(self, url: str, domain: str) -> None:
         self.url = url
         self.domain = domain
-        self.wait = wait
         self.counters = Counters()
         self.seen: dict[int, int] = {}        # seq -> latency ns
         self.progress = asyncio.Event()
         self.last_recv_ns = 0
-        self.sessions: list[Session] = []
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None,
-                                         enable_cleanup_closed=False, keepalive_timeout=wait + 60)
-        self.http = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=wait + 30),
-            skip_auto_headers=("User-Agent", "Accept-Encoding"), auto_decompress=False)
+        self.sessions: list = []
 
     async def login_all(self, count: int, concurrency: int, on_done: "Callable[[int], None] | None" = None
                         ) -> list[float]:
         """Log in ``count`` sessions, ``concurrency`` at a time; returns each login's seconds.
 
-        A logged-in session immediately starts holding a request.
+        A logged-in session immediately starts holding a request (BOSH) / reading (WebSocket).
         """
         durations: list[float] = []
         queue = iter(range(count))
         failures: list[str] = []
+        cls = self.session_class
 
         async def worker() -> None:
             for i in queue:
-                s = Session(self, i)
+                s = cls(self, i)
                 t0 = time.perf_counter()
                 try:
                     await s.login()
-                except (LoginError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except self.login_errors as exc:
                     failures.append(f"{s.jid}: {exc!r}"[:300])
+                    await s.abort()
                     if len(failures) > 10:
                         return
                     continue
@@ -202,9 +211,27 @@ class BoshLoad:
                 return False
         return True
 
-    async def close(self) -> None:
+    async def _cancel_tasks(self) -> None:
         tasks = [s.task for s in self.sessions if s.task is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class BoshLoad(_Load):
+    """N BOSH sessions against one endpoint."""
+
+    session_class = Session
+
+    def __init__(self, url: str, domain: str, *, wait: int = 60) -> None:
+        super().__init__(url, domain)
+        self.wait = wait
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None,
+                                         enable_cleanup_closed=False, keepalive_timeout=wait + 60)
+        self.http = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=wait + 30),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"), auto_decompress=False)
+
+    async def close(self) -> None:
+        await self._cancel_tasks()
         await self.http.close()

@@ -134,6 +134,7 @@ class RecordingListener:
         default_factory=lambda: asyncio.get_running_loop().create_future())
     batches: list[list[bytes]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    headers: list[StreamInfo] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def upstream_ready(self, info: StreamInfo, features: bytes) -> None:
@@ -147,9 +148,16 @@ class RecordingListener:
         self.batches.append(list(elements))
         self._changed.set()
 
-    def upstream_closed(self, condition: Condition, stream_error: bytes | None) -> None:
+    def upstream_header(self, info: StreamInfo) -> None:
+        self.calls.append("header")
+        self.headers.append(info)
+
+    def upstream_closed(self, stream_error: bytes | None) -> None:
         self.calls.append("closed")
         assert not self.closed.done(), "upstream_closed called twice"
+        # Recorded as the BOSH condition it becomes (bosh.driver), which the tests name.
+        condition = (Condition.REMOTE_STREAM_ERROR if stream_error is not None
+                     else Condition.REMOTE_CONNECTION_FAILED)
         self.closed.set_result((condition, stream_error))
 
     @property

@@ -72,7 +72,7 @@ async def test_open_returns_at_once_and_sends_header(server: FakeServer,
     info, features = await listener.wait_ready()
     assert (info.from_, info.id, info.version) == ("localhost", "abc123", "1.0")
     # Features relayed without -PLUS, channel binding and compression.
-    assert features.startswith(b"<stream:features>")
+    assert features.startswith(b'<stream:features xmlns:stream="http://etherx.jabber.org/streams">')
     assert b"-PLUS" not in features and b"sasl-channel-binding" not in features
     assert b"compression" not in features
     assert b"<mechanism>PLAIN</mechanism>" in features
@@ -132,7 +132,7 @@ async def test_restart_sends_new_header_on_same_socket(server: FakeServer,
               "xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sasl-channel-binding "
               "xmlns='urn:xmpp:sasl-cb:0'/></stream:features>")
     elements = await listener.wait_elements(2)
-    assert elements[1] == (b'<stream:features><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/>'
+    assert elements[1] == (b'<stream:features xmlns:stream="http://etherx.jabber.org/streams"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"/>'
                            b"</stream:features>")
     assert listener.calls.count("ready") == 1
     upstream.close()
@@ -174,7 +174,7 @@ async def test_stream_error_after_stanzas(server: FakeServer,
     condition, error = await listener.wait_closed()
     assert condition is Condition.REMOTE_STREAM_ERROR
     assert error is not None and b"<conflict " in error
-    assert error.startswith(b"<stream:error>")
+    assert error.startswith(b'<stream:error xmlns:stream="http://etherx.jabber.org/streams">')
     assert listener.elements == [b'<message xmlns="jabber:client"><body>before</body></message>']
     assert listener.calls == ["ready", "elements", "closed"]
     # We answer with our closing tag (RFC 6120 §4.4) and close.

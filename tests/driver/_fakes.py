@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence, TypeVar
 
-from bosh.errors import Condition
+if TYPE_CHECKING:
+    from bosh.driver import Manager
+
+from bosh.hub import Hub
 from bosh.session import Limits
 from bosh.ports import NS_HTTPBIND, NS_XBOSH, ClientElement, StreamInfo, StreamParams, UpstreamListener
 
@@ -41,6 +44,7 @@ class FakeUpstream:
     closed_event: asyncio.Event = field(default_factory=asyncio.Event)
     sent_event: asyncio.Event = field(default_factory=asyncio.Event)
     fail_send: bool = False
+    end_stream: bool | None = None  # how the last close() was asked for
 
     # -- bosh.ports.Upstream --
     def send(self, elements: Sequence[ClientElement]) -> None:
@@ -52,8 +56,9 @@ class FakeUpstream:
     def restart(self, params: StreamParams) -> None:
         self.restarts.append(params)
 
-    def close(self) -> None:
+    def close(self, end_stream: bool = True) -> None:
         self.closed += 1
+        self.end_stream = end_stream
         self.closed_event.set()
 
     def pause_reading(self) -> None:
@@ -69,9 +74,12 @@ class FakeUpstream:
     def deliver(self, *elements: bytes) -> None:
         self.listener.upstream_elements(list(elements))
 
-    def lose(self, condition: Condition = Condition.REMOTE_CONNECTION_FAILED,
-             stream_error: bytes | None = None) -> None:
-        self.listener.upstream_closed(condition, stream_error)
+    def lose(self, stream_error: bytes | None = None) -> None:
+        """The server ends the stream (with ``stream_error``) or the connection is lost."""
+        self.listener.upstream_closed(stream_error)
+
+    def restarted(self, info: StreamInfo = INFO) -> None:
+        self.listener.upstream_header(info)
 
     @property
     def sent_data(self) -> list[bytes]:
@@ -99,6 +107,15 @@ class FakeUpstreamFactory:
                 await self._opened_event.wait()
             return self.opened[count - 1]
         return await asyncio.wait_for(wait(), DEADLINE)
+
+
+def make_manager(limits: Limits, domains: Sequence[str], max_sessions: int,
+                 upstreams: object, **hub_options: object) -> "Manager":
+    """The BOSH endpoint on a fresh hub (what ``bosh.__main__.build_manager`` builds)."""
+    from bosh.driver import Manager
+
+    hub = Hub(domains, max_sessions, upstreams, **hub_options)  # type: ignore[arg-type]
+    return Manager(limits, hub)
 
 
 class Closing:

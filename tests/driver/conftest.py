@@ -5,7 +5,7 @@ from typing import AsyncIterator
 import pytest
 
 from bosh.driver import Manager
-from tests.driver._fakes import TEST_LIMITS, FakeUpstreamFactory
+from tests.driver._fakes import make_manager, TEST_LIMITS, FakeUpstreamFactory
 
 
 @pytest.fixture
@@ -15,6 +15,6 @@ def fake() -> FakeUpstreamFactory:
 
 @pytest.fixture
 async def manager(fake: FakeUpstreamFactory) -> AsyncIterator[Manager]:
-    m = Manager(TEST_LIMITS, ["example.com"], 100, fake)
+    m = make_manager(TEST_LIMITS, ["example.com"], 100, fake)
     yield m
     await m.shutdown()

@@ -15,6 +15,7 @@ from bosh.driver import Manager, Reply
 from bosh.errors import Condition
 from bosh.ports import NS_STREAM
 from tests.driver._fakes import (
+    make_manager,
     TEST_LIMITS, Closing, FakeUpstream, FakeUpstreamFactory, NS, XB, create_body, never_closing, req_body,
     sid_of, until, within,
 )
@@ -103,7 +104,7 @@ async def test_upstream_failure_during_creation_is_remote_connection_failed(
     """§17.2 (checklist #94a)."""
     task = asyncio.create_task(manager.handle(create_body(), never_closing))
     up = await fake.next_open(1)
-    up.lose(Condition.REMOTE_CONNECTION_FAILED)
+    up.lose()
     reply = await within(task)
     assert is_terminate(reply, "remote-connection-failed")
     assert len(manager.registry) == 0
@@ -299,7 +300,7 @@ async def test_core_exception_becomes_internal_server_error(
 
 async def test_session_limit_refuses_with_policy_violation(fake: FakeUpstreamFactory) -> None:
     """Design §9: cap on sessions in total."""
-    m = Manager(TEST_LIMITS, ["example.com"], 1, fake)
+    m = make_manager(TEST_LIMITS, ["example.com"], 1, fake)
     await create(m, fake)
     reply = await within(m.handle(create_body(), never_closing))
     assert is_terminate(reply, "policy-violation")

@@ -10,6 +10,7 @@ from lxml import etree
 from bosh.driver import Manager
 from bosh.limits import ClientLimits
 from tests.driver._fakes import (
+    make_manager,
     NS, TEST_LIMITS, FakeUpstreamFactory, create_body, never_closing, req_body, sid_of, until,
     within,
 )
@@ -29,7 +30,7 @@ def _reload(manager: Manager, domains: list[str], see_other_uri: str = "") -> No
 async def test_see_other_uri_sends_new_sessions_elsewhere_and_keeps_open_ones(
         fake: FakeUpstreamFactory) -> None:
     """#96: the creation answer is TERM(see-other-uri) with a <uri/> child; open sessions go on."""
-    manager = Manager(TEST_LIMITS, ["example.com"], 100, fake)
+    manager = make_manager(TEST_LIMITS, ["example.com"], 100, fake)
     sid = await _open(manager, fake, "example.com")
     _reload(manager, ["example.com"], "https://other.example/http-bind?a=1&b=2")
     reply = await within(manager.handle(create_body(), never_closing))
@@ -47,7 +48,7 @@ async def test_see_other_uri_sends_new_sessions_elsewhere_and_keeps_open_ones(
 async def test_dropping_a_domain_ends_its_sessions_with_host_gone(fake: FakeUpstreamFactory) -> None:
     """#91: the held request of a session whose domain is no longer served gets host-gone,
     a session of a domain still served is untouched, and a new creation is host-unknown."""
-    manager = Manager(TEST_LIMITS, ["example.com", "other.example"], 100, fake)
+    manager = make_manager(TEST_LIMITS, ["example.com", "other.example"], 100, fake)
     gone = await _open(manager, fake, "example.com")
     kept = await _open(manager, fake, "other.example")
     held = asyncio.create_task(manager.handle(req_body(gone, 1001), never_closing))

@@ -11,6 +11,7 @@ import pytest
 from bosh.driver import Manager, Reply
 from bosh.ports import StreamParams, UpstreamListener
 from tests.driver._fakes import (
+    make_manager,
     NS, TEST_LIMITS, FakeUpstreamFactory, create_body, never_closing, within,
 )
 
@@ -41,12 +42,12 @@ class _RaisingFactory:
 
 
 async def test_review_create_failure_leaks_registry_and_per_ip_slot() -> None:
-    m = Manager(TEST_LIMITS, ["example.com"], 100, _RaisingFactory())  # type: ignore[arg-type]
+    m = make_manager(TEST_LIMITS, ["example.com"], 100, _RaisingFactory())  # type: ignore[arg-type]
     try:
         reply = await within(m.handle(create_body(), never_closing, "192.0.2.7"))
         assert b"type='terminate'" in reply.body
     finally:
-        leaked = (len(m.registry), m.client_limits.open_for("192.0.2.7"))
+        leaked = (len(m.registry), m.hub.client_limits.open_for("192.0.2.7"))
         for d in m.registry:  # do not leave a pending future behind
             for fut in d._futures.values():
                 fut.cancel()
@@ -55,7 +56,7 @@ async def test_review_create_failure_leaks_registry_and_per_ip_slot() -> None:
 
 async def test_review_stanza_size_log_uses_unvalidated_sid(fake: FakeUpstreamFactory,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    m = Manager(TEST_LIMITS, ["example.com"], 100, fake, max_stanza_bytes=256)
+    m = make_manager(TEST_LIMITS, ["example.com"], 100, fake, max_stanza_bytes=256)
     try:
         sid = "x&#10;2026-01-01 00:00:00,000 CRITICAL bosh.driver: forged line"
         big = "<message xmlns='jabber:client'><body>" + "a" * 400 + "</body></message>"

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from bosh import config as config_mod
-from bosh.__main__ import build_client_limits, build_limits
+from bosh.__main__ import build_manager
 from bosh.driver import Manager, Reply
 from bosh.errors import BoshError, Condition
 from bosh.limits import ClientLimits, PerIpPolicy, client_address, parse_networks
@@ -88,8 +88,7 @@ def test_bad_trusted_proxies_and_half_tls_config_are_errors_naming_the_key() -> 
 def make_manager(factory: EchoFactory, **bosh: object) -> Manager:
     cfg = config_mod.from_mapping({"bosh": {"max_wait": 2, **bosh},
                                    "upstream": {"domains": ["example.com"]}})
-    return Manager(build_limits(cfg), cfg.upstream.domains, cfg.bosh.max_sessions, factory,
-                   client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes)
+    return build_manager(cfg, factory)
 
 
 def never() -> bool:

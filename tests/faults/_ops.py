@@ -61,9 +61,15 @@ class EchoUpstream:
 
     def restart(self, params: StreamParams) -> None:
         if not self.closed:
-            asyncio.get_running_loop().call_soon(self._deliver, [FEATURES])
+            asyncio.get_running_loop().call_soon(self._restarted)
 
-    def close(self) -> None:
+    def _restarted(self) -> None:
+        if not self.closed:
+            self.listener.upstream_header(StreamInfo("example.com", "id2", "1.0"))
+            self.listener.upstream_elements([FEATURES])
+
+    def close(self, end_stream: bool = True) -> None:
+        self.end_stream = end_stream
         if not self.closed:
             self.closed = True
             self.factory.live -= 1
@@ -76,12 +82,12 @@ class EchoUpstream:
         self.paused = False
         self.resumes += 1
 
-    def lose(self, condition: Condition = Condition.REMOTE_CONNECTION_FAILED) -> None:
-        """Play a server that went away."""
+    def lose(self, stream_error: bytes | None = None) -> None:
+        """Play a server that went away (with ``stream_error``, or the TCP connection lost)."""
         if not self.closed:
             self.closed = True
             self.factory.live -= 1
-            self.listener.upstream_closed(condition, None)
+            self.listener.upstream_closed(stream_error)
 
 
 class EchoFactory:

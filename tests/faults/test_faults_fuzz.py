@@ -264,7 +264,7 @@ def test_fuzz_in_process_no_5xx_no_traceback_no_leak(live: LiveApp, capture: Cap
     m = live.manager
     assert len(m.registry) == 0
     assert live.factory.live == 0, "upstream streams left open"
-    assert m.client_limits.open_for("127.0.0.1") == 0, "per-IP slots leaked"
+    assert m.hub.client_limits.open_for("127.0.0.1") == 0, "per-IP slots leaked"
     assert m.held_count() == 0
 
     async def normal() -> bytes:

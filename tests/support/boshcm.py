@@ -58,7 +58,9 @@ class BoshCM:
 
     def __init__(self, workdir: Path, prosody: ProsodyServer | None = None, *,
                  http: Mapping[str, Any] | None = None, bosh: Mapping[str, Any] | None = None,
-                 upstream: Mapping[str, Any] | None = None, log_level: str = "DEBUG",
+                 upstream: Mapping[str, Any] | None = None,
+                 websocket: Mapping[str, Any] | None = None,
+                 discovery: Mapping[str, Any] | None = None, log_level: str = "DEBUG",
                  env: Mapping[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.port = free_port()
@@ -74,8 +76,10 @@ class BoshCM:
                 "domains": [prosody.domain], "host": "127.0.0.1", "port": prosody.c2s_port,
                 "tls": "required", "ca_file": str(prosody.cert_path), "connect_timeout": 5.0,
             }
-        for section, overrides in (("http", http), ("bosh", bosh), ("upstream", upstream)):
-            self.config[section].update(overrides or {})
+        for section, overrides in (("http", http), ("bosh", bosh), ("upstream", upstream),
+                                   ("websocket", websocket), ("discovery", discovery)):
+            if overrides:
+                self.config.setdefault(section, {}).update(overrides)
         self.port = int(self.config["http"]["port"])
         self.path = str(self.config["http"]["path"])
         self.config_path = self.workdir / "bosh-cm.toml"
@@ -83,6 +87,9 @@ class BoshCM:
         self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}{self.path}"
+        ws_path = str(self.config.get("websocket", {}).get("path", "/xmpp-websocket"))
+        #: RFC 7395 endpoint on the same listener.
+        self.ws_url = f"ws://127.0.0.1:{self.port}{ws_path}"
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
         self.announced_url: str | None = None
@@ -140,6 +147,19 @@ class BoshCM:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self._reader is not None:
+            self._reader.join(2)
+        self._close_pipe(proc)
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash: nothing is drained or closed cleanly) and wait."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
         if self._reader is not None:
             self._reader.join(2)
         self._close_pipe(proc)

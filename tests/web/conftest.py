@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bosh.config import HttpConfig
 from bosh.driver import Manager
 from bosh.web import make_app
-from tests.driver._fakes import PATH, TEST_LIMITS, FakeUpstreamFactory
+from tests.driver._fakes import make_manager, PATH, TEST_LIMITS, FakeUpstreamFactory
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ async def make_client(fake: FakeUpstreamFactory) -> AsyncIterator[Callable[..., 
     made: list[tuple[TestClient, Manager]] = []
 
     async def factory(**cfg: object) -> TestClient:
-        manager = Manager(TEST_LIMITS, ["example.com"], 100, fake)
+        manager = make_manager(TEST_LIMITS, ["example.com"], 100, fake)
         client = TestClient(TestServer(make_app(manager, HttpConfig(path=PATH, **cfg))))  # type: ignore[arg-type]
         await client.start_server()
         made.append((client, manager))

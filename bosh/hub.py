@@ -1,0 +1,227 @@
+"""The process hub: what every client transport shares (asyncio, no aiohttp).
+
+One :class:`Hub` per process holds the session table of all transports, the per-address
+limits, the served domains, the metrics, the upstream factory, and the operator's
+controls: draining (SIGTERM), reload (SIGHUP), see-other-uri. Each transport is an endpoint
+on top of it (``bosh.driver.Manager`` for BOSH, ``bosh.ws_driver.WsEndpoint`` for
+WebSocket) whose per-session drivers subclass :class:`UpstreamLink`, the one place upstream
+events are executed and a session's bookkeeping is undone. A third transport is one more
+endpoint; it gets limits, metrics, shutdown and reload from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, ClassVar, Protocol, Sequence
+
+from bosh.errors import BoshError, Condition
+from bosh.events import CloseUpstream, EndCondition, FlowControl, OpenUpstream, RestartUpstream, SendUpstream
+from bosh.limits import ClientLimits
+from bosh.metrics import Metrics
+from bosh.ports import StreamInfo, Upstream, UpstreamFactory
+from bosh.registry import Registry
+
+__all__ = ["Hub", "HubSession", "UpstreamLink", "TRANSPORTS"]
+
+log = logging.getLogger("bosh.hub")
+
+TRANSPORTS = ("bosh", "websocket")
+_PRUNE_EVERY = 60.0  # seconds between sweeps of the per-address creation windows
+
+
+class HubSession(Protocol):
+    """What the hub needs of a live session, whatever its transport."""
+
+    sid: str
+
+    @property
+    def transport(self) -> str:
+        """'bosh' or 'websocket' (the ``transport`` label of the metrics)."""
+
+    @property
+    def domain(self) -> str | None:
+        """The served domain the session talks to (None before the client named one)."""
+
+    def end(self, condition: Condition) -> None:
+        """The operator ends the session (e.g. host-gone after a reload, XEP-0124 §17.2)."""
+
+    def shutdown(self) -> None:
+        """The process stops (SIGTERM): end the session the way its transport does."""
+
+
+class Hub:
+    """Sessions of every transport in one process, and the limits they share.
+
+    ``client_limits`` bounds sessions per client address, ``max_stanza_bytes`` (0 = no
+    bound) the size of one client element (a BOSH payload element, a WebSocket message).
+    """
+
+    def __init__(self, domains: Sequence[str], max_sessions: int, upstreams: UpstreamFactory, *,
+                 client_limits: ClientLimits | None = None, max_stanza_bytes: int = 0,
+                 metrics: Metrics | None = None, see_other_uri: str = "") -> None:
+        self.domains = frozenset(d.lower() for d in domains)
+        self.upstreams = upstreams
+        self.registry: Registry[HubSession] = Registry(max_sessions)
+        self.client_limits = client_limits if client_limits is not None else ClientLimits()
+        self.max_stanza_bytes = max_stanza_bytes
+        self.see_other_uri = see_other_uri
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.sessions_open.set_function(lambda: len(self.registry))
+        for transport in TRANSPORTS:
+            self.metrics.transport_sessions_open.labels(transport).set_function(
+                self._counter(transport))
+        self.accepting = True
+        self._pruned_at = 0.0
+
+    def _counter(self, transport: str) -> Callable[[], int]:
+        return lambda: sum(1 for s in self.registry if s.transport == transport)
+
+    def serves(self, domain: str) -> bool:
+        return domain.lower() in self.domains
+
+    def admit(self, client_ip: str, now: float) -> str:
+        """A fresh sid for a new session from ``client_ip``, or ``BoshError(POLICY_VIOLATION)``
+        (counted in ``bosh_limit_hits_total`` by limit) when a limit refuses it."""
+        if now - self._pruned_at > _PRUNE_EVERY:
+            self.client_limits.prune(now)
+            self._pruned_at = now
+        try:
+            sid = self.registry.reserve()
+        except BoshError as exc:
+            log.warning("session refused for %s: %s (max_sessions %d)", client_ip, exc,
+                        self.registry.max_sessions)
+            self.metrics.limit_hits.labels("sessions").inc()
+            raise
+        try:
+            self.client_limits.admit(client_ip, now)
+        except BoshError as exc:
+            log.warning("session refused for %s: %s", client_ip, exc)
+            self.metrics.limit_hits.labels("per_ip").inc()
+            raise
+        return sid
+
+    def add(self, session: HubSession) -> None:
+        self.registry.add(session.sid, session)
+        self.metrics.sessions_created.inc()
+        self.metrics.transport_sessions_created.labels(session.transport).inc()
+
+    def reload(self, max_sessions: int, client_limits: ClientLimits, max_stanza_bytes: int,
+               domains: Sequence[str] | None = None, see_other_uri: str = "") -> None:
+        """Apply new limits (SIGHUP). Open sessions keep what they negotiated; their
+        per-address counts carry over to the new policy. Sessions of a domain that is no
+        longer served end with host-gone (XEP-0124 §17.2, RFC 6120 §4.9.3.5)."""
+        self.registry.max_sessions = max_sessions
+        self.client_limits.policy = client_limits.policy
+        self.max_stanza_bytes = max_stanza_bytes
+        self.see_other_uri = see_other_uri
+        if domains is not None:
+            self.domains = frozenset(d.lower() for d in domains)
+            for session in self.registry:
+                domain = session.domain
+                if domain is not None and domain.lower() not in self.domains:
+                    session.end(Condition.HOST_GONE)
+
+    async def shutdown(self) -> None:
+        """Stop accepting sessions and end every open one the way its transport ends it."""
+        self.accepting = False
+        for session in self.registry:
+            session.shutdown()
+
+
+class UpstreamLink:
+    """The transport-neutral half of one session's driver: its upstream stream and its
+    bookkeeping in the hub. Subclasses are the per-transport drivers; they also serve as
+    the upstream's ``bosh.ports.UpstreamListener``."""
+
+    transport: ClassVar[str]
+
+    def __init__(self, hub: Hub, sid: str, client_ip: str) -> None:
+        self.hub = hub
+        self.sid = sid
+        self.client_ip = client_ip
+        self.upstream: Upstream | None = None
+        self._loop = asyncio.get_running_loop()
+        self._upstream_live = False
+        self._opened_at: float | None = None
+        self._forgotten = False
+
+    def run_upstream_event(self, ev: object) -> bool:
+        """Execute ``ev`` if it is one of the upstream events of ``bosh.events``."""
+        if isinstance(ev, SendUpstream):
+            if self.upstream is not None:
+                self.upstream.send(ev.elements)
+            m = self.hub.metrics
+            n = len(ev.elements)
+            m.stanzas.labels("in").inc(n)
+            m.bytes.labels("in").inc(sum(len(e.data) for e in ev.elements))
+            m.transport_stanzas.labels(self.transport, "in").inc(n)
+        elif isinstance(ev, OpenUpstream):
+            self._opened_at = self._loop.time()
+            self._upstream_live = True
+            self.hub.metrics.upstreams_open.inc()
+            self.upstream = self.hub.upstreams.open(ev.params, self)  # type: ignore[arg-type]
+        elif isinstance(ev, RestartUpstream):
+            if self.upstream is not None:
+                self.upstream.restart(ev.params)
+        elif isinstance(ev, CloseUpstream):
+            if self.upstream is not None:
+                self.upstream.close(end_stream=ev.end_stream)
+            self.upstream_gone()
+        elif isinstance(ev, FlowControl):
+            if self.upstream is not None:
+                if ev.paused:
+                    self.upstream.pause_reading()
+                else:
+                    self.upstream.resume_reading()
+        else:
+            return False
+        return True
+
+    def note_ready(self, info: StreamInfo) -> None:
+        """Record the upstream's connect time once (``bosh_upstream_connect_seconds``)."""
+        if self._opened_at is not None:
+            took = self._loop.time() - self._opened_at
+            self._opened_at = None
+            self.hub.metrics.upstream_connect.observe(took)
+            log.info("session %s upstream ready in %.3f s", self.sid, took)
+
+    def note_pushed(self, elements: Sequence[bytes]) -> None:
+        m = self.hub.metrics
+        m.stanzas.labels("out").inc(len(elements))
+        m.bytes.labels("out").inc(sum(map(len, elements)))
+        m.transport_stanzas.labels(self.transport, "out").inc(len(elements))
+
+    def upstream_gone(self) -> None:
+        if self._upstream_live:
+            self._upstream_live = False
+            self.hub.metrics.upstreams_open.dec()
+
+    def drop_upstream(self, end_stream: bool = True) -> None:
+        """Close the upstream after a failure of ours; never raises."""
+        if self.upstream is not None:
+            try:
+                self.upstream.close(end_stream=end_stream)
+            except Exception:  # already failing; the session is gone either way
+                log.exception("session %s: upstream close failed", self.sid)
+            self.upstream = None
+        self.upstream_gone()
+
+    def forget(self, condition: EndCondition) -> None:
+        """Undo the session's bookkeeping exactly once: registry, per-address slot, upstream
+        gauge, end counters by condition. A session the hub never admitted (a refused
+        WebSocket) only counts its error."""
+        if self._forgotten:
+            return
+        self._forgotten = True
+        m = self.hub.metrics
+        label = condition.value if condition is not None else "none"
+        if condition is not None:
+            m.errors.labels(label).inc()
+        self.upstream_gone()
+        if self.hub.registry.get(self.sid) is not self:  # type: ignore[comparison-overlap]
+            return
+        m.sessions_ended.labels(label).inc()
+        m.transport_sessions_ended.labels(self.transport, label).inc()
+        self.hub.registry.remove(self.sid)
+        self.hub.client_limits.release(self.client_ip)
