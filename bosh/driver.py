@@ -179,6 +179,8 @@ class Manager:
 class SessionDriver(UpstreamLink):
     """Executes one BOSH session's events; is the session's ``UpstreamListener``."""
 
+    __slots__ = ("manager", "secure", "session", "_futures", "_closing", "_timer", "_timer_at")
+
     transport = "bosh"
 
     def __init__(self, manager: Manager, sid: str, client_ip: str = "-", secure: bool = False) -> None:

@@ -134,6 +134,8 @@ class UpstreamLink:
     bookkeeping in the hub. Subclasses are the per-transport drivers; they also serve as
     the upstream's ``bosh.ports.UpstreamListener``."""
 
+    __slots__ = ("hub", "sid", "client_ip", "upstream", "_loop", "_upstream_live", "_opened_at", "_forgotten")
+
     transport: ClassVar[str]
 
     def __init__(self, hub: Hub, sid: str, client_ip: str) -> None:

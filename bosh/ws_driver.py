@@ -93,6 +93,8 @@ class WsEndpoint:
 class WsDriver(UpstreamLink):
     """Executes one WebSocket session's events; is its upstream's ``UpstreamListener``."""
 
+    __slots__ = ("endpoint", "socket", "session", "_timer", "_timer_at", "_paused")
+
     transport = "websocket"
 
     def __init__(self, endpoint: WsEndpoint, sid: str, socket: ClientSocket, client_ip: str,

@@ -174,6 +174,8 @@ class WsSession:
         naming it (RFC 7395 §3.6.1: the operator drains this node).
     """
 
+    __slots__ = ("sid", "domains", "limits", "see_other_uri", "state", "domain", "lang", "resumable", "end_condition", "_early", "_pings_out", "_deadline")
+
     def __init__(self, sid: str, domains: frozenset[str], limits: WsLimits, now: float,
                  see_other_uri: str = "") -> None:
         self.sid = sid
@@ -189,7 +191,6 @@ class WsSession:
         self._early: list[ClientElement] = []
         self._pings_out = 0
         self._deadline: float | None = now + limits.open_timeout
-        self._events: list[WsEvent] = []
 
     # -- time -------------------------------------------------------------------------
 

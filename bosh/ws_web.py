@@ -75,6 +75,8 @@ class AiohttpSocket:
     the upstream meanwhile.
     """
 
+    __slots__ = ("_ws", "_transport", "driver", "_outbox", "_outbox_bytes", "_task", "_closing")
+
     def __init__(self, ws: _XmppWebSocket, transport: asyncio.BaseTransport | None) -> None:
         self._ws = ws
         self._transport = transport
