@@ -73,6 +73,23 @@ def build_ws_endpoint(cfg: config_mod.Config, hub: Hub) -> WsEndpoint:
     return WsEndpoint(hub, limits, max_queued_bytes=cfg.bosh.max_queued_bytes)
 
 
+def untrusted_proxy_warning(cfg: config_mod.Config) -> str | None:
+    """The usual sign of a reverse proxy that is not trusted: bosh-cm listens on loopback
+    (so its clients are local proxies), trusts no proxy, and limits sessions per address:
+    every user then counts as the proxy's address."""
+    b = cfg.bosh
+    host = cfg.http.host.strip("[]").lower()
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if not loopback or cfg.http.trusted_proxies or not (b.max_sessions_per_ip
+                                                        or b.new_sessions_per_ip_per_minute):
+        return None
+    return (f"[http] host {cfg.http.host} is loopback and [http] trusted_proxies is empty, so "
+            "X-Forwarded-For is not believed: behind a local reverse proxy every client counts "
+            f"as the proxy's address for [bosh] max_sessions_per_ip ({b.max_sessions_per_ip}) "
+            f"and new_sessions_per_ip_per_minute ({b.new_sessions_per_ip_per_minute}); "
+            "set trusted_proxies (the default trusts loopback) or remove the key")
+
+
 def server_ssl_context(http: config_mod.HttpConfig) -> ssl.SSLContext | None:
     """HTTPS when ``[http] tls_cert``/``tls_key`` are set (XEP-0124 §19.1)."""
     if not http.tls_cert:
@@ -134,6 +151,9 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
     except (OSError, ssl.SSLError) as exc:
         log.error("cannot load [http] tls_cert/tls_key: %s", exc)
         return 2
+    warning = untrusted_proxy_warning(cfg)
+    if warning is not None:
+        log.warning("%s", warning)
     manager = build_manager(cfg)
     websocket = build_ws_endpoint(cfg, manager.hub) if cfg.websocket.enabled else None
     app = make_app(manager, cfg.http, websocket=websocket, ws_config=cfg.websocket,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bosh.errors import ConfigError
-from bosh.limits import parse_networks
+from bosh.limits import LOOPBACK_PROXIES, parse_networks
 from bosh.wire import parse_route
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -37,7 +37,8 @@ class HttpConfig:
     max_body_bytes: int = field(
         default=1_048_576, metadata=_meta("largest request body accepted, bytes", 1024, 67_108_864))
     trusted_proxies: tuple[str, ...] = field(
-        default=(), metadata=_meta("proxy addresses/CIDRs whose X-Forwarded-For is believed"))
+        default=LOOPBACK_PROXIES,
+        metadata=_meta("proxy addresses/CIDRs whose X-Forwarded-For is believed; default: loopback"))
     tls_cert: str = field(default="", metadata=_meta("PEM certificate chain for HTTPS; empty = plain HTTP"))
     tls_key: str = field(default="", metadata=_meta("PEM private key for tls_cert"))
     shutdown_grace: float = field(
@@ -55,9 +56,9 @@ class BoshConfig:
     max_pause: int = field(
         default=120, metadata=_meta("seconds; longest 'pause' a client may ask for, 0 = no pausing", 0, 86400))
     max_sessions_per_ip: int = field(
-        default=100, metadata=_meta("sessions open at once per client address; 0 = unlimited", 0, 1_000_000))
+        default=2_000, metadata=_meta("sessions open at once per client address; 0 = unlimited", 0, 1_000_000))
     new_sessions_per_ip_per_minute: int = field(
-        default=120, metadata=_meta("new sessions per client address in any 60 s; 0 = unlimited", 0, 1_000_000))
+        default=1_000, metadata=_meta("new sessions per client address in any 60 s; 0 = unlimited", 0, 1_000_000))
     max_queued_bytes: int = field(
         default=1_048_576,
         metadata=_meta("bytes of server data queued per session before upstream reading pauses",

@@ -17,7 +17,7 @@ from typing import Callable, ClassVar, Protocol, Sequence
 
 from bosh.errors import BoshError, Condition
 from bosh.events import CloseUpstream, EndCondition, FlowControl, OpenUpstream, RestartUpstream, SendUpstream
-from bosh.limits import ClientLimits
+from bosh.limits import ClientLimits, PerIpLimitHit
 from bosh.metrics import Metrics
 from bosh.ports import StreamInfo, Upstream, UpstreamFactory
 from bosh.registry import Registry
@@ -95,9 +95,16 @@ class Hub:
             raise
         try:
             self.client_limits.admit(client_ip, now)
-        except BoshError as exc:
-            log.warning("session refused for %s: %s", client_ip, exc)
+        except PerIpLimitHit as exc:
             self.metrics.limit_hits.labels("per_ip").inc()
+            if self.client_limits.should_warn(client_ip, now):
+                # Once per address per minute (the counter has every refusal).
+                log.warning("per-IP limit: refusing new sessions from %s ([bosh] %s = %d reached; "
+                            "raise it if many users share that address, or list your proxy in "
+                            "[http] trusted_proxies if it is the proxy's address)",
+                            client_ip, exc.key, exc.limit)
+            else:
+                log.debug("session refused for %s: %s", client_ip, exc)
             raise
         return sid
 

@@ -19,7 +19,12 @@ from typing import Iterable, Sequence
 
 from bosh.errors import BoshError, Condition
 
-__all__ = ["ClientLimits", "PerIpPolicy", "Networks", "parse_networks", "client_address"]
+__all__ = ["ClientLimits", "PerIpPolicy", "PerIpLimitHit", "Networks", "parse_networks",
+           "client_address", "LOOPBACK_PROXIES"]
+
+#: The default ``[http] trusted_proxies``: a peer on loopback is a proxy on this host (nobody
+#: remote can appear as one), as Prosody trusts 127.0.0.1 and ::1 by default.
+LOOPBACK_PROXIES = ("127.0.0.0/8", "::1")
 
 WINDOW = 60.0  # seconds: "new sessions per IP per minute"
 
@@ -35,6 +40,16 @@ class PerIpPolicy:
     new_sessions_per_ip_per_minute: int = 0
 
 
+class PerIpLimitHit(BoshError):
+    """A per-address limit refused a session; ``key`` names the ``[bosh]`` setting to raise."""
+
+    def __init__(self, ip: str, key: str, limit: int, detail: str) -> None:
+        super().__init__(Condition.POLICY_VIOLATION, detail)
+        self.ip = ip
+        self.key = key
+        self.limit = limit
+
+
 class ClientLimits:
     """Open sessions and recent creations per client address.
 
@@ -47,6 +62,16 @@ class ClientLimits:
         self.policy = policy
         self._open: dict[str, int] = {}
         self._recent: dict[str, deque[float]] = {}
+        self._warned: dict[str, float] = {}
+
+    def should_warn(self, ip: str, now: float) -> bool:
+        """True at most once per address per :data:`WINDOW`: refusals are logged at WARNING
+        that often, so an operator sees why without one line per refused login."""
+        last = self._warned.get(ip)
+        if last is not None and now - last < WINDOW:
+            return False
+        self._warned[ip] = now
+        return True
 
     def open_for(self, ip: str) -> int:
         return self._open.get(ip, 0)
@@ -55,14 +80,17 @@ class ClientLimits:
         """Record a new session for ``ip`` or raise ``BoshError(POLICY_VIOLATION)``."""
         p = self.policy
         if p.max_sessions_per_ip and self._open.get(ip, 0) >= p.max_sessions_per_ip:
-            raise BoshError(Condition.POLICY_VIOLATION, f"too many sessions from {ip}")
+            raise PerIpLimitHit(ip, "max_sessions_per_ip", p.max_sessions_per_ip,
+                                f"too many sessions from {ip}")
         recent = self._recent.get(ip)
         if recent is not None:
             while recent and recent[0] <= now - WINDOW:
                 recent.popleft()
         if p.new_sessions_per_ip_per_minute:
             if recent is not None and len(recent) >= p.new_sessions_per_ip_per_minute:
-                raise BoshError(Condition.POLICY_VIOLATION, f"too many new sessions from {ip}")
+                raise PerIpLimitHit(ip, "new_sessions_per_ip_per_minute",
+                                    p.new_sessions_per_ip_per_minute,
+                                    f"too many new sessions from {ip}")
             if recent is None:
                 recent = self._recent[ip] = deque()
             recent.append(now)
@@ -83,6 +111,8 @@ class ClientLimits:
                 recent.popleft()
             if not recent:
                 del self._recent[ip]
+        for ip in [ip for ip, at in self._warned.items() if now - at >= WINDOW]:
+            del self._warned[ip]
 
     @property
     def tracked(self) -> int:

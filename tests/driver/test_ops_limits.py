@@ -208,3 +208,46 @@ async def test_metrics_count_sessions_requests_stanzas_and_conditions() -> None:
     text = m.metrics.render().decode()
     assert 'bosh_sessions_ended_total{condition="system-shutdown"} 1.0' in text
     assert "bosh_sessions_open 0.0" in text and "bosh_upstreams_open 0.0" in text
+
+
+# --------------------------------------------------------------------------- issue 13: defaults
+
+def test_defaults_trust_loopback_proxies_and_leave_room_behind_one_address() -> None:
+    cfg = config_mod.Config()
+    nets = parse_networks(cfg.http.trusted_proxies)
+    # a local proxy's X-Forwarded-For is believed by default; a remote peer's is not
+    assert client_address("127.0.0.1", ["198.51.100.7"], nets) == "198.51.100.7"
+    assert client_address("::1", ["198.51.100.7"], nets) == "198.51.100.7"
+    assert client_address("203.0.113.9", ["198.51.100.7"], nets) == "203.0.113.9"
+    assert cfg.bosh.max_sessions_per_ip >= 1000 and cfg.bosh.new_sessions_per_ip_per_minute >= 500
+
+
+def test_per_ip_refusals_warn_once_per_address_per_minute(caplog: pytest.LogCaptureFixture) -> None:
+    from bosh.hub import Hub
+
+    hub = Hub(["example.com"], 100, EchoFactory(),  # type: ignore[arg-type]
+              client_limits=ClientLimits(PerIpPolicy(max_sessions_per_ip=1)))
+    hub.admit("192.0.2.1", 10.0)
+    with caplog.at_level("DEBUG", logger="bosh.hub"):
+        for now in (11.0, 12.0, 69.0, 71.0):
+            with pytest.raises(BoshError):
+                hub.admit("192.0.2.1", now)
+        hub.admit("192.0.2.2", 72.0)  # another address is not affected
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings  # at 11.0 and again at 71.0 (>= 60 s later)
+    assert "192.0.2.1" in warnings[0] and "[bosh] max_sessions_per_ip = 1" in warnings[0]
+    assert 'bosh_limit_hits_total{limit="per_ip"} 4.0' in hub.metrics.render().decode()
+
+
+def test_start_up_warns_when_listening_on_loopback_without_trusted_proxies() -> None:
+    from bosh.__main__ import untrusted_proxy_warning
+
+    assert untrusted_proxy_warning(config_mod.Config()) is None  # the defaults trust loopback
+    bare = config_mod.from_mapping({"http": {"trusted_proxies": []}})
+    warning = untrusted_proxy_warning(bare)
+    assert warning is not None and "trusted_proxies" in warning and "max_sessions_per_ip" in warning
+    off = config_mod.from_mapping({"http": {"trusted_proxies": []},
+                                   "bosh": {"max_sessions_per_ip": 0, "new_sessions_per_ip_per_minute": 0}})
+    assert untrusted_proxy_warning(off) is None
+    public = config_mod.from_mapping({"http": {"host": "0.0.0.0", "trusted_proxies": []}})
+    assert untrusted_proxy_warning(public) is None
