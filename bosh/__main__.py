@@ -57,7 +57,7 @@ def build_hub(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None) 
         upstreams = XmppUpstreamFactory(cfg.upstream)
     return Hub(cfg.upstream.domains, cfg.bosh.max_sessions, upstreams,
                client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes,
-               see_other_uri=cfg.bosh.see_other_uri)
+               see_other_uri=cfg.bosh.see_other_uri, node_id=cfg.cluster.node_id)
 
 
 def build_manager(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None,
@@ -133,7 +133,7 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
     live_upstream = dataclasses.replace(current.upstream, domains=new.upstream.domains)
     for section, running in (("http", current.http), ("upstream", live_upstream),
                              ("server", current.server), ("websocket", current.websocket),
-                             ("discovery", current.discovery)):
+                             ("discovery", current.discovery), ("cluster", current.cluster)):
         if getattr(new, section) != running:
             log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
     # WARNING so that the notice survives a new, quieter level.
@@ -186,7 +186,21 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
                  cfg.http.port, cfg.websocket.path)
     await stop.wait()
     started = loop.time()
-    log.info("shutting down: draining %d session(s), grace %g s", len(manager.hub.registry),
+    hub = manager.hub
+    if cfg.cluster.node_id:
+        # Issue 9: a cluster node drains (BOSH sessions served up to drain_timeout, WebSocket
+        # sessions released for resumption elsewhere); a second signal stops at once.
+        log.info("node %s draining: %d session(s), drain_timeout %g s", cfg.cluster.node_id,
+                 len(hub.registry), cfg.cluster.drain_timeout)
+        stop.clear()
+        drain = loop.create_task(hub.drain(cfg.cluster.drain_timeout))
+        second = loop.create_task(stop.wait())
+        await asyncio.wait({drain, second}, return_when=asyncio.FIRST_COMPLETED)
+        second.cancel()
+        if not drain.done():
+            log.warning("second stop signal: ending the drain now")
+            drain.cancel()
+    log.info("shutting down: draining %d session(s), grace %g s", len(hub.registry),
              cfg.http.shutdown_grace)
     # Not ready any more (GET /readyz -> 503); every held request gets system-shutdown
     # and every upstream stream its </stream:stream> (XEP-0124 §17.2); a WebSocket session

@@ -20,6 +20,7 @@ from bosh.limits import LOOPBACK_PROXIES, parse_networks
 from bosh.wire import parse_route
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_NODE_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
 def _meta(help: str, lo: float | None = None, hi: float | None = None,
@@ -122,6 +123,15 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    node_id: str = field(default="", metadata=_meta(
+        "this node's id behind a balancer, 1-16 characters [a-z0-9]; empty = standalone"))
+    drain_timeout: float = field(default=300.0, metadata=_meta(
+        "seconds a draining node (SIGTERM with node_id set) keeps serving its BOSH sessions",
+        0, 86400))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = HttpConfig()
     bosh: BoshConfig = BoshConfig()
@@ -130,6 +140,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     websocket: WebSocketConfig = WebSocketConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def _type_name(tp: Any) -> str:
@@ -217,6 +228,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: [websocket] path: {ws.path!r} is taken by [http] path or "
                           "the operations or discovery endpoints; allowed: another path, e.g. "
                           "\"/xmpp-websocket\"")
+    node_id = cfg.cluster.node_id
+    if node_id and not (len(node_id) <= 16 and all(c in _NODE_ID_CHARS for c in node_id)):
+        raise ConfigError(f"{source}: [cluster] node_id: {node_id!r} is not allowed; allowed: 1 to 16 "
+                          "characters a-z and 0-9, e.g. \"n1\", or \"\" (standalone)")
     for key, schemes in (("bosh_url", ("https",)), ("websocket_url", ("wss",))):
         _check_discovery_url(source, key, getattr(cfg.discovery, key), schemes)
     for route in cfg.upstream.routes:

@@ -59,10 +59,12 @@ class Hub:
 
     def __init__(self, domains: Sequence[str], max_sessions: int, upstreams: UpstreamFactory, *,
                  client_limits: ClientLimits | None = None, max_stanza_bytes: int = 0,
-                 metrics: Metrics | None = None, see_other_uri: str = "") -> None:
+                 metrics: Metrics | None = None, see_other_uri: str = "",
+                 node_id: str = "") -> None:
         self.domains = frozenset(d.lower() for d in domains)
         self.upstreams = upstreams
-        self.registry: Registry[HubSession] = Registry(max_sessions)
+        self.node_id = node_id
+        self.registry: Registry[HubSession] = Registry(max_sessions, node_id)
         self.client_limits = client_limits if client_limits is not None else ClientLimits()
         self.max_stanza_bytes = max_stanza_bytes
         self.see_other_uri = see_other_uri
@@ -71,8 +73,10 @@ class Hub:
         for transport in TRANSPORTS:
             self.metrics.transport_sessions_open.labels(transport).set_function(
                 self._counter(transport))
+        self.metrics.node_info.labels(node_id).set(1)
         self.accepting = True
         self._pruned_at = 0.0
+        self._empty = asyncio.Event()
 
     def _counter(self, transport: str) -> Callable[[], int]:
         return lambda: sum(1 for s in self.registry if s.transport == transport)
@@ -110,8 +114,14 @@ class Hub:
 
     def add(self, session: HubSession) -> None:
         self.registry.add(session.sid, session)
+        self._empty.clear()
         self.metrics.sessions_created.inc()
         self.metrics.transport_sessions_created.labels(session.transport).inc()
+
+    def remove(self, sid: str) -> None:
+        self.registry.remove(sid)
+        if not len(self.registry):
+            self._empty.set()
 
     def reload(self, max_sessions: int, client_limits: ClientLimits, max_stanza_bytes: int,
                domains: Sequence[str] | None = None, see_other_uri: str = "") -> None:
@@ -134,6 +144,29 @@ class Hub:
         self.accepting = False
         for session in self.registry:
             session.shutdown()
+
+    async def drain(self, timeout: float) -> None:
+        """A cluster node's drain (SIGTERM with ``[cluster] node_id``, a rolling restart).
+
+        New sessions are refused at once (``/readyz`` 503, so the balancer sends none).
+        WebSocket sessions are released at once: those the server keeps resumable get close
+        1012 and their upstream is dropped without the footer, so the client resumes through
+        another node (XEP-0198 §5); the others get system-shutdown. BOSH sessions cannot move,
+        so they are served until they end or ``timeout`` seconds pass; then they get
+        system-shutdown (XEP-0124 §17.2).
+        """
+        self.accepting = False
+        for session in self.registry:
+            if session.transport != "bosh":
+                session.shutdown()
+        if len(self.registry):
+            log.info("draining: %d BOSH session(s) left, waiting up to %g s", len(self.registry),
+                     timeout)
+            try:
+                await asyncio.wait_for(self._empty.wait(), timeout)
+            except TimeoutError:
+                log.info("drain timeout: ending %d session(s)", len(self.registry))
+        await self.shutdown()
 
 
 class UpstreamLink:
@@ -232,5 +265,5 @@ class UpstreamLink:
             return
         m.sessions_ended.labels(label).inc()
         m.transport_sessions_ended.labels(self.transport, label).inc()
-        self.hub.registry.remove(self.sid)
+        self.hub.remove(self.sid)
         self.hub.client_limits.release(self.client_ip)

@@ -27,6 +27,7 @@ bosh_transport_sessions_ended_total   counter    sessions ended, by transport an
   {transport,condition}                          (a stream error condition for websocket)
 bosh_transport_stanzas_total          counter    elements passed, by transport and direction
   {transport,direction}
+bosh_node_info{node_id}               gauge      1, labelled with [cluster] node_id ("" standalone)
 bosh_websocket_closes_total{code}     counter    WebSocket connections closed by bosh-cm, by
                                                  close code (1012 = released for resumption)
 ====================================  =========  ==============================================
@@ -85,6 +86,8 @@ class Metrics:
         self.transport_stanzas = Counter(
             "bosh_transport_stanzas", "Elements passed by transport and direction",
             ["transport", "direction"], registry=r)
+        self.node_info = Gauge("bosh_node_info", "This node's [cluster] node_id", ["node_id"],
+                               registry=r)
         self.websocket_closes = Counter(
             "bosh_websocket_closes", "WebSocket connections closed by bosh-cm by close code",
             ["code"], registry=r)

@@ -14,17 +14,32 @@ T = TypeVar("T")
 SID_BYTES = 24
 
 
-def mint_sid() -> str:
-    return secrets.token_urlsafe(SID_BYTES)
+#: Separates a cluster node's id from the random part of its sids ('n1.Xk3...'). It is not in
+#: the URL-safe base64 alphabet, so a balancer reads the node id without any shared state.
+NODE_SEPARATOR = "."
+
+
+def mint_sid(node_id: str = "") -> str:
+    """A fresh sid; with ``node_id`` (``[cluster] node_id``) it starts ``node_id + '.'`` so that
+    HAProxy can route a request to the node owning the session. The random part keeps all
+    192 bits either way."""
+    token = secrets.token_urlsafe(SID_BYTES)
+    return f"{node_id}{NODE_SEPARATOR}{token}" if node_id else token
+
+
+def node_of(sid: str) -> str | None:
+    """The node id a sid carries, if any."""
+    head, sep, _ = sid.partition(NODE_SEPARATOR)
+    return head if sep else None
 
 
 class Registry(Generic[T]):
     """Live sessions by sid. Values are whatever the adapter keeps per session."""
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, node_id: str = "") -> None:
         self.max_sessions = max_sessions
+        self.node_id = node_id
         self._items: dict[str, T] = {}
-        self.created_total = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -40,13 +55,12 @@ class Registry(Generic[T]):
         if len(self._items) >= self.max_sessions:
             raise BoshError(Condition.POLICY_VIOLATION, "too many sessions")
         while True:
-            sid = mint_sid()
+            sid = mint_sid(self.node_id)
             if sid not in self._items:  # a collision of 192 random bits: paranoia only
                 return sid
 
     def add(self, sid: str, item: T) -> None:
         self._items[sid] = item
-        self.created_total += 1
 
     def remove(self, sid: str) -> None:
         self._items.pop(sid, None)

@@ -228,7 +228,18 @@ def test_sids_from_registry_are_long_random_and_distinct() -> None:
     assert info.value.condition is Condition.POLICY_VIOLATION
     reg.remove(a)
     assert reg.get(a) is None and reg.reserve() not in (b,)
-    assert reg.created_total == 2
+
+
+def test_a_cluster_nodes_sids_carry_its_id_and_keep_their_random_bits() -> None:
+    """Issue 9: a balancer reads the owner from the sid; still >= 128 random bits (§7.2)."""
+    from bosh.registry import Registry, mint_sid, node_of
+
+    reg: Registry[int] = Registry(max_sessions=10, node_id="n7")
+    sid = reg.reserve()
+    head, _, token = sid.partition(".")
+    assert head == "n7" and node_of(sid) == "n7"
+    assert len(token) >= 32 and "." not in token
+    assert node_of(mint_sid()) is None
 
 
 def test_creation_body_helper_roundtrip() -> None:

@@ -176,3 +176,44 @@ async def test_operator_conditions_map_to_stream_errors(fake: FakeUpstreamFactor
     sock, driver, _ = await opened(ws, fake)
     driver.end(condition)
     assert sock.sent[-2] == stream_error(StreamCondition.POLICY_VIOLATION)
+
+
+async def test_a_cluster_drain_releases_websockets_at_once_and_waits_for_bosh(fake: FakeUpstreamFactory) -> None:
+    """Issue 9: no new sessions; WebSocket sessions released (resumable: 1012); BOSH sessions
+    served until they end (or the drain timeout)."""
+    hub, ws, bosh = build(fake)
+    sock_r, _, up_r = await opened(ws, fake)
+    up_r.deliver(ENABLED)
+    create = asyncio.ensure_future(bosh.handle(create_body(), never_closing, "192.0.2.5"))
+    (await fake.next_open(2)).ready()
+    reply = await within(create)
+    sid = reply.body.split(b"sid='")[1].split(b"'")[0].decode()
+    drain = asyncio.ensure_future(hub.drain(timeout=30))
+    await asyncio.sleep(0)
+    assert sock_r.closed == [1012] and not hub.accepting
+    assert len(hub.registry) == 1 and not drain.done()  # the BOSH session lives on
+    # it still gets answers while draining
+    terminate = (f"<body xmlns='http://jabber.org/protocol/httpbind' sid='{sid}' rid='1001' "
+                 f"type='terminate'/>").encode()
+    await within(bosh.handle(terminate, never_closing, "192.0.2.5"))
+    await within(drain)
+    assert len(hub.registry) == 0
+
+
+async def test_a_cluster_drain_ends_bosh_sessions_at_the_timeout(fake: FakeUpstreamFactory) -> None:
+    hub, ws, bosh = build(fake)
+    create = asyncio.ensure_future(bosh.handle(create_body(), never_closing, "192.0.2.5"))
+    (await fake.next_open(1)).ready()
+    await within(create)
+    await within(hub.drain(timeout=0.05))
+    assert len(hub.registry) == 0
+    assert 'bosh_sessions_ended_total{condition="system-shutdown"} 1.0' in hub.metrics.render().decode()
+
+
+async def test_node_sids_and_node_info(fake: FakeUpstreamFactory) -> None:
+    hub = Hub(["example.com"], 10, fake, node_id="n2")  # type: ignore[arg-type]
+    sock = FakeSocket()
+    driver = WsEndpoint(hub, WsLimits(ping_interval=0)).connect(sock, "192.0.2.1")
+    assert driver.sid.startswith("n2.")
+    assert 'bosh_node_info{node_id="n2"} 1.0' in hub.metrics.render().decode()
+    await hub.shutdown()
