@@ -226,7 +226,7 @@ class UpstreamLink:
             took = self._loop.time() - self._opened_at
             self._opened_at = None
             self.hub.metrics.upstream_connect.observe(took)
-            log.info("session %s upstream ready in %.3f s", self.sid, took)
+            log.info("session %s upstream ready in %.3f s (%s)", self.sid, took, self.transport)
 
     def note_pushed(self, elements: Sequence[bytes]) -> None:
         m = self.hub.metrics

@@ -7,8 +7,12 @@ Everything heavy is lazy: a session-scoped fixture starts only when a test asks 
 * ``boshcm``         session: a :class:`BoshCM` in front of ``prosody`` (max_wait 10, hold 1).
 * ``endpoint``       parametrized over ``BOSH_ENDPOINTS`` (comma list; default ``boshcm``;
                      ``prosody`` = Prosody's own mod_bosh, the reference): an :class:`Endpoint`.
+* ``ws_endpoint``    the same over ``BOSH_ENDPOINTS`` for XMPP over WebSocket (RFC 7395): ``url``
+                     is bosh-cm's ``ws_url`` or Prosody's own mod_websocket (the reference).
 * ``bosh_client``    async factory ``await bosh_client(url=None)`` -> :class:`BoshClient`, closed
                      after the test.
+* ``ws_client``      async factory ``await ws_client(url, connect=True, **kw)`` -> :class:`WsClient`
+                     (handshake done), closed after the test.
 * ``xmpp_peer``      async factory ``await xmpp_peer(user, resource="tcp")`` -> logged-in
                      :class:`XmppPeer` over TCP, closed after the test.
 * ``prosody_factory`` factory for dedicated servers (``prosody_factory(users=USERS)``), stopped
@@ -141,6 +145,8 @@ def _endpoint_names() -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "endpoint" in metafunc.fixturenames:
         metafunc.parametrize("endpoint", _endpoint_names(), indirect=True)
+    if "ws_endpoint" in metafunc.fixturenames:
+        metafunc.parametrize("ws_endpoint", _endpoint_names(), indirect=True)
 
 
 @pytest.fixture
@@ -165,6 +171,32 @@ async def bosh_client() -> AsyncIterator[Callable[..., Awaitable[object]]]:
     yield factory
     for client in made:
         await client.close()
+
+
+@pytest.fixture
+def ws_endpoint(request: pytest.FixtureRequest, prosody: ProsodyServer) -> Endpoint:
+    if request.param == "prosody":
+        return Endpoint("prosody", prosody.ws_url, prosody.domain, prosody)
+    cm = request.getfixturevalue("boshcm")
+    return Endpoint("boshcm", cm.ws_url, prosody.domain, prosody)
+
+
+@pytest.fixture
+async def ws_client() -> AsyncIterator[Callable[..., Awaitable[object]]]:
+    from tests.support.wsclient import WsClient
+
+    made: list[WsClient] = []
+
+    async def factory(url: str, connect: bool = True, **kw: object) -> WsClient:
+        client = WsClient(url, **kw)  # type: ignore[arg-type]
+        made.append(client)
+        if connect:
+            await client.connect()
+        return client
+
+    yield factory
+    for client in made:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -188,3 +188,31 @@ class BoshCM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -------------------------------------------------------------- added for the WebSocket tests
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` without waiting (e.g. SIGTERM while the test watches the drain);
+        follow with :meth:`wait_exit`."""
+        if self.proc is None:
+            raise BoshCMError("not running")
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 10) -> int | None:
+        """Wait (blocking: call it via ``asyncio.to_thread`` from a test) until the process
+        exits, then reap it like :meth:`stop`; returns the exit code. SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return None
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.kill()
+
+    def restart(self, kill: bool = False, timeout: float = 20) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``kill``) if running, then start again on the same
+        port with the same configuration (the log file is appended to)."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start(timeout)
