@@ -1,4 +1,4 @@
-"""bosh-bench: bosh-cm side by side with Prosody's own BOSH, same workload, same machine.
+"""bosh-bench: bosh-cm side by side with Prosody's own BOSH (or WebSocket), same workload.
 
 Run it with ``scripts/bosh-bench`` (which prepares .venv); ``--help`` lists the knobs.
 For each session count it starts a fresh throwaway Prosody (users pre-created), then:
@@ -13,6 +13,13 @@ For each session count it starts a fresh throwaway Prosody (users pre-created), 
 once against bosh-cm in front of that Prosody (STARTTLS upstream) and once against
 Prosody's /http-bind. Every message sent must arrive: a lost one fails the run (exit 1).
 Loopback only. Writes a JSON result and a PNG chart.
+
+--transport websocket: the same four phases over XMPP-over-WebSocket (RFC 7395) instead,
+against bosh-cm's ws://.../xmpp-websocket and Prosody's own mod_websocket (/xmpp-websocket
+on its HTTP port): a login is the handshake (subprotocol xmpp), <open/>, SASL PLAIN, a new
+<open/>, bind and presence; every stanza is one WebSocket message, so "messages per
+response" becomes messages per WebSocket message. The summary adds the issue's WebSocket
+targets (set at 1,000 sessions).
 """
 
 from __future__ import annotations
@@ -37,12 +44,21 @@ sys.path.insert(0, str(HERE))
 
 from procstat import cpu_seconds, raise_nofile, rss_kib, self_cpu_seconds  # noqa: E402
 from servers import PASSWORD, REPO, BenchBoshCM, BenchProsody  # noqa: E402
-from loadgen import BoshLoad  # noqa: E402
+from loadgen import BoshLoad, WsLoad  # noqa: E402
 
 from tests.support.xmppclient import XmppPeer  # noqa: E402
 
 TARGETS = ("bosh-cm", "prosody")
-LABEL = {"bosh-cm": "bosh-cm", "prosody": "Prosody BOSH"}
+TRANSPORTS = ("bosh", "websocket")
+LABELS = {"bosh": {"bosh-cm": "bosh-cm", "prosody": "Prosody BOSH"},
+          "websocket": {"bosh-cm": "bosh-cm", "prosody": "Prosody WebSocket"}}
+LABEL = LABELS["bosh"]
+
+# The issue's WebSocket targets, at 1,000 sessions (bosh-cm's figures; the last is a ratio).
+WS_TARGET_SESSIONS = 1000
+WS_RSS_KIB = 56.0           # bosh-cm RSS per session, the upstream TLS stream included
+WS_CPU_MS_PER_MSG = 0.08    # bosh-cm CPU per pushed message (burst phase)
+WS_PUSH_P99_MS = 10.0       # push p99 at 100 msg/s
 
 
 def say(msg: str) -> None:
@@ -81,29 +97,34 @@ class CpuWindow:
 
 async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: BenchProsody,
                      workdir: Path, seq0: int) -> dict[str, Any]:
-    res: dict[str, Any] = {"target": kind, "sessions": n}
+    ws = args.transport == "websocket"
+    label = LABELS[args.transport][kind]
+    res: dict[str, Any] = {"target": kind, "transport": args.transport, "sessions": n}
     prosody.start()
     cm: BenchBoshCM | None = None
-    load: BoshLoad | None = None
+    load: BoshLoad | WsLoad | None = None
     sender: XmppPeer | None = None
     try:
         if kind == "bosh-cm":
             cm = BenchBoshCM(workdir / "bosh-cm", prosody, log_level=args.log_level,
                              event_loop=args.cm_loop, max_wait=max(args.wait, 10),
-                             gc_threshold=args.cm_gc_threshold)
+                             gc_threshold=args.cm_gc_threshold, websocket=ws)
             cm.start()
-            url, server_pid = cm.url, cm.pid
+            url, server_pid = (cm.ws_url if ws else cm.url), cm.pid
         else:
-            url, server_pid = prosody.bosh_url, prosody.pid
+            if ws:
+                prosody.check_websocket()
+            url, server_pid = (prosody.ws_url if ws else prosody.bosh_url), prosody.pid
         pids = {"server": server_pid, "prosody": prosody.pid}
         sender = await XmppPeer.connect_to(prosody, "sender", PASSWORD, resource="bench", timeout=30)
         await asyncio.sleep(0.5)
         base = {"server": rss_kib(server_pid), "prosody": rss_kib(prosody.pid)}
         res["rss_base_kib"] = base
-        load = BoshLoad(url, prosody.domain, wait=args.wait)
+        loadgen_rss0 = rss_kib(os.getpid())
+        load = WsLoad(url, prosody.domain) if ws else BoshLoad(url, prosody.domain, wait=args.wait)
 
         # ---- 1. setup ------------------------------------------------------------------
-        say(f"{LABEL[kind]}: logging in {n} sessions, {args.concurrency} at a time")
+        say(f"{label}: logging in {n} sessions, {args.concurrency} at a time")
         samples: list[tuple[int, int, int]] = [(0, base["server"], base["prosody"])]
         logged = [0]
 
@@ -131,7 +152,7 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
             "loadgen_cpu_ms_per_session": c["loadgen"] * 1000 / n,
         }
         res["rss_samples"] = samples
-        say(f"{LABEL[kind]}: {n} sessions in {c['wall']:.1f} s ({n / c['wall']:.0f}/s)")
+        say(f"{label}: {n} sessions in {c['wall']:.1f} s ({n / c['wall']:.0f}/s)")
 
         # ---- 2. idle -------------------------------------------------------------------
         await asyncio.sleep(2)  # let the last answers settle
@@ -151,6 +172,7 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
             "server_cpu_pct": 100 * c["server"] / c["wall"],
             "prosody_cpu_pct": 100 * c["prosody"] / c["wall"],
             "loadgen_cpu_pct": 100 * c["loadgen"] / c["wall"],
+            "loadgen_rss_per_session_kib": (rss_kib(os.getpid()) - loadgen_rss0) / n,
         }
         if load.alive() != n:
             raise RuntimeError(f"only {load.alive()} of {n} sessions alive after idle: "
@@ -165,7 +187,7 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
 
         # ---- 3. push latency at a fixed rate -------------------------------------------
         m = max(1, min(args.messages, int(args.rate * args.duration)))
-        say(f"{LABEL[kind]}: pushing {m} messages at {args.rate:g} msg/s")
+        say(f"{label}: pushing {m} messages at {args.rate:g} msg/s")
         seqs = range(seq0, seq0 + m)
         cpu = CpuWindow(pids)
         start = time.perf_counter()
@@ -180,13 +202,15 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
         res["push"] = {"sent": m, "rate": args.rate, **lat_summary(push_lat),
                        "lost": m - len(push_lat),
                        "server_cpu_pct": 100 * c["server"] / c["wall"],
-                       "prosody_cpu_pct": 100 * c["prosody"] / c["wall"]}
+                       "prosody_cpu_pct": 100 * c["prosody"] / c["wall"],
+                       # the whole phase's CPU (idle costs such as pings included) per message
+                       "server_cpu_ms_per_msg": c["server"] * 1000 / max(1, len(push_lat))}
         res["push_latencies_ms"] = [v / 1e6 for v in push_lat]
         seq0 += m
 
         # ---- 4. burst ------------------------------------------------------------------
         b = args.burst
-        say(f"{LABEL[kind]}: burst of {b} messages")
+        say(f"{label}: burst of {b} messages")
         bseqs = range(seq0, seq0 + b)
         responses0 = load.counters.msg_responses
         http0 = load.counters.responses
@@ -205,12 +229,15 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
         # first write -> the last message read by a client
         delivered_elapsed = (load.last_recv_ns - t0) / 1e9 if got else elapsed
         msg_responses = load.counters.msg_responses - responses0
+        frames = load.counters.responses - http0
         res["burst"] = {
             "sent": b, "lost": b - len(got),
             "delivered_per_s": len(got) / max(delivered_elapsed, 1e-9),
             "seconds": delivered_elapsed,
             "msgs_per_response": len(got) / msg_responses if msg_responses else None,
-            "http_responses": load.counters.responses - http0,
+            # WebSocket: messages per WebSocket message read, no HTTP responses
+            "http_responses": None if ws else frames,
+            **({"ws_messages": frames} if ws else {}),
             "server_cpu_ms_per_msg": c["server"] * 1000 / max(1, len(got)),
             "prosody_cpu_ms_per_msg": c["prosody"] * 1000 / max(1, len(got)),
             "loadgen_cpu_ms_per_msg": c["loadgen"] * 1000 / max(1, len(got)),
@@ -240,7 +267,7 @@ async def run_target(kind: str, n: int, args: argparse.Namespace, prosody: Bench
         prosody.stop()
 
 
-async def wait_for_seqs(load: BoshLoad, seqs: range, settle: float) -> None:
+async def wait_for_seqs(load: BoshLoad | WsLoad, seqs: range, settle: float) -> None:
     """Until every seq in ``seqs`` arrived, or ``settle`` seconds pass without progress."""
     missing = [s for s in seqs if s not in load.seen]
     while missing:
@@ -286,11 +313,14 @@ ROWS: list[tuple[str, str, str, str]] = [
 ]
 
 
-def table(n: int, runs: dict[str, dict[str, Any]]) -> str:
-    """One markdown table: rows are metrics, columns bosh-cm | Prosody BOSH | ratio."""
+def table(n: int, runs: dict[str, dict[str, Any]], transport: str = "bosh") -> str:
+    """One markdown table: rows are metrics, columns bosh-cm | Prosody BOSH | ratio
+    (Prosody WebSocket with ``transport="websocket"``)."""
     a, b = runs.get("bosh-cm"), runs.get("prosody")
-    lines = [f"### {n:,} sessions", "",
-             "| metric | bosh-cm | Prosody BOSH | bosh-cm / Prosody |", "|---|---|---|---|"]
+    lab = LABELS[transport]
+    title = f"### {n:,} sessions" + (", WebSocket (RFC 7395)" if transport == "websocket" else "")
+    lines = [title, "",
+             f"| metric | bosh-cm | {lab['prosody']} | bosh-cm / Prosody |", "|---|---|---|---|"]
 
     def val(r: dict[str, Any] | None, sec: str, key: str) -> Any:
         if r is None or "error" in r:
@@ -298,13 +328,54 @@ def table(n: int, runs: dict[str, dict[str, Any]]) -> str:
         return r.get(key) if not sec else r.get(sec, {}).get(key)
 
     for label, sec, key, spec in ROWS:
+        if transport == "websocket" and key == "msgs_per_response":
+            label = "burst msgs per WebSocket message"
         va, vb = val(a, sec, key), val(b, sec, key)
         lines.append(f"| {label} | {fmt(va, spec)} | {fmt(vb, spec)} | {ratio(va, vb) if key != 'lost' else ''} |")
     for r in (a, b):
         if r is not None and "error" in r:
-            lines.append(f"\n{LABEL[r['target']]} failed: {r['error']}")
+            lines.append(f"\n{lab[r['target']]} failed: {r['error']}")
     if b is None:
-        lines.append("\n(Prosody BOSH not run at this size)")
+        lines.append(f"\n({lab['prosody']} not run at this size)")
+    return "\n".join(lines)
+
+
+def ws_target_checks(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's WebSocket targets against one size's results (``met`` None: not measured)."""
+    a, b = runs.get("bosh-cm"), runs.get("prosody")
+
+    def get(r: dict[str, Any] | None, sec: str, key: str) -> Any:
+        return None if r is None or "error" in r else r.get(sec, {}).get(key)
+
+    def check(name: str, value: Any, limit: Any, met: bool | None, shown: str) -> dict[str, Any]:
+        return {"target": name, "value": value, "limit": limit, "met": met,
+                "shown": shown if value is not None else "-"}
+
+    rss = get(a, "idle", "server_rss_per_session_kib")
+    cpu = get(a, "burst", "server_cpu_ms_per_msg")
+    cpu_push = get(a, "push", "server_cpu_ms_per_msg")
+    p99 = get(a, "push", "p99_ms")
+    ba, bb = get(a, "burst", "delivered_per_s"), get(b, "burst", "delivered_per_s")
+    return [
+        check(f"bosh-cm RSS per session <= {WS_RSS_KIB:g} KiB (upstream TLS stream included)",
+              rss, WS_RSS_KIB, None if rss is None else rss <= WS_RSS_KIB, f"{fmt(rss)} KiB"),
+        check(f"bosh-cm CPU per pushed message <= {WS_CPU_MS_PER_MSG:g} ms (burst phase)",
+              cpu, WS_CPU_MS_PER_MSG, None if cpu is None else cpu <= WS_CPU_MS_PER_MSG,
+              f"{fmt(cpu, '.3f')} ms (push phase, pings included: {fmt(cpu_push, '.3f')} ms)"),
+        check(f"push p99 <= {WS_PUSH_P99_MS:g} ms", p99, WS_PUSH_P99_MS,
+              None if p99 is None else p99 <= WS_PUSH_P99_MS, f"{fmt(p99, '.2f')} ms"),
+        check("burst delivered >= Prosody WebSocket's (same run)", ba, bb,
+              None if ba is None or bb is None else ba >= bb,
+              f"{fmt(ba, '.0f')} vs {fmt(bb, '.0f')} msg/s ({ratio(ba, bb)})"),
+    ]
+
+
+def targets_table(n: int, checks: list[dict[str, Any]]) -> str:
+    verdict = {True: "met", False: "**NOT met**", None: "not measured"}
+    lines = [f"Targets (issue 8, set at {WS_TARGET_SESSIONS:,} sessions)"
+             + ("" if n == WS_TARGET_SESSIONS else f"; this run has {n:,}, so indicative only") + ":",
+             "", "| target | bosh-cm | verdict |", "|---|---|---|"]
+    lines += [f"| {c['target']} | {c['shown']} | {verdict[c['met']]} |" for c in checks]
     return "\n".join(lines)
 
 
@@ -314,6 +385,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    transport = results.get("transport") or results["params"].get("transport") or "bosh"
+    lab = LABELS[transport]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = {"bosh-cm": "tab:blue", "prosody": "tab:orange"}
     styles = ["-", "--", ":", "-."]
@@ -326,26 +399,28 @@ def chart(results: dict[str, Any], path: Path) -> None:
             lat = sorted(r.get("push_latencies_ms") or [])
             if lat:
                 ys = [100 * (k + 1) / len(lat) for k in range(len(lat))]
-                ax1.plot(lat, ys, styles[i % 4], color=colors[kind], label=f"{LABEL[kind]}, {n:,} sessions")
+                ax1.plot(lat, ys, styles[i % 4], color=colors[kind], label=f"{lab[kind]}, {n:,} sessions")
             s = r.get("rss_samples") or []
             if s:
                 base = s[0]
                 ax2.plot([x[0] for x in s], [(x[1] - base[1]) / 1024 for x in s], styles[i % 4],
-                         color=colors[kind], label=f"{LABEL[kind]} process, {n:,} run")
+                         color=colors[kind], label=f"{lab[kind]} process, {n:,} run")
                 if kind == "bosh-cm":
                     ax2.plot([x[0] for x in s], [(x[2] - base[2]) / 1024 for x in s], styles[i % 4],
                              color="tab:green", alpha=0.7, label=f"Prosody behind bosh-cm, {n:,} run")
     biggest = max((run["sessions"] for run in results["runs"]), default=0)
+    target_kib = WS_RSS_KIB if transport == "websocket" else 64
     if biggest:
-        ax2.plot([0, biggest], [0, biggest * 64 / 1024], color="gray", linewidth=0.8,
-                 linestyle=(0, (1, 3)), label="target: 64 KiB per session")
+        ax2.plot([0, biggest], [0, biggest * target_kib / 1024], color="gray", linewidth=0.8,
+                 linestyle=(0, (1, 3)), label=f"target: {target_kib:g} KiB per session")
     ax1.set_xscale("log")
     ax1.set_xlabel("push latency (ms, log scale)")
     ax1.set_ylabel("% of messages delivered within")
-    ax1.set_title(f"Push latency CDF at {results['params']['rate']:g} msg/s")
+    ax1.set_title(f"Push latency CDF at {results['params']['rate']:g} msg/s"
+                  + (" (WebSocket)" if transport == "websocket" else ""))
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=7)
-    ax2.set_xlabel("BOSH sessions logged in")
+    ax2.set_xlabel(("WebSocket" if transport == "websocket" else "BOSH") + " sessions logged in")
     ax2.set_ylabel("RSS growth (MiB)")
     ax2.set_title("RSS vs sessions")
     ax2.grid(True, alpha=0.3)
@@ -369,6 +444,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", default="1000",
                    help="comma-separated session counts, each a full run (default 1000)")
+    p.add_argument("--transport", choices=TRANSPORTS, default="bosh",
+                   help="bosh (default): bosh-cm's /http-bind vs Prosody's; websocket: "
+                        "bosh-cm's /xmpp-websocket vs Prosody's mod_websocket (RFC 7395)")
     p.add_argument("--concurrency", type=int, default=50, help="logins in flight (default 50)")
     p.add_argument("--messages", type=int, default=1000, help="push-phase messages (default 1000)")
     p.add_argument("--rate", type=float, default=100, help="push-phase msg/s (default 100)")
@@ -376,12 +454,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="upper bound of the push phase in seconds (messages <= rate x duration)")
     p.add_argument("--burst", type=int, default=5000, help="burst-phase messages (default 5000)")
     p.add_argument("--idle", type=float, default=10, help="idle-phase seconds (default 10)")
-    p.add_argument("--wait", type=int, default=60, help="BOSH 'wait' the clients ask for (default 60)")
+    p.add_argument("--wait", type=int, default=60, help="BOSH 'wait' the clients ask for (default 60; BOSH only)")
     p.add_argument("--settle", type=float, default=15,
                    help="seconds without any delivery before missing messages count as lost")
     p.add_argument("--targets", default="bosh-cm,prosody", help="which servers (default both)")
     p.add_argument("--prosody-max-sessions", type=int, default=0,
-                   help="skip Prosody's BOSH above this many sessions (0 = never skip)")
+                   help="skip Prosody's BOSH (or WebSocket) above this many sessions (0 = never skip)")
     p.add_argument("--log-level", default="INFO", help="bosh-cm [log] level (default INFO, its default)")
     p.add_argument("--cm-loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="event loop for bosh-cm ([server] event_loop; a launcher on older checkouts)")
@@ -415,24 +493,29 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                           for k, v in vars(args).items()},
                                "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "commit": _git_describe(), "runs": []}
+                               "commit": _git_describe(), "transport": args.transport, "runs": []}
     seq = 0
     for n in args.session_counts:
         run: dict[str, Any] = {"sessions": n, "targets": {}}
         results["runs"].append(run)
         for kind in args.target_list:
             if kind == "prosody" and args.prosody_max_sessions and n > args.prosody_max_sessions:
-                say(f"skipping Prosody BOSH at {n} sessions (--prosody-max-sessions)")
+                say(f"skipping {LABELS[args.transport]['prosody']} at {n} sessions (--prosody-max-sessions)")
                 continue
             try:
                 r = await run_target(kind, n, args, prosody, workdir, seq)
                 seq = r.pop("next_seq")
             except Exception as exc:
-                say(f"{LABEL[kind]} at {n} sessions failed: {exc!r}")
-                r = {"target": kind, "sessions": n, "error": repr(exc)[:1000], "ok": False}
+                say(f"{LABELS[args.transport][kind]} at {n} sessions failed: {exc!r}")
+                r = {"target": kind, "transport": args.transport, "sessions": n,
+                     "error": repr(exc)[:1000], "ok": False}
             run["targets"][kind] = r
-        print(table(n, run["targets"]), flush=True)
+        print(table(n, run["targets"], args.transport), flush=True)
         print(flush=True)
+        if args.transport == "websocket":
+            run["target_checks"] = ws_target_checks(run["targets"])
+            print(targets_table(n, run["target_checks"]), flush=True)
+            print(flush=True)
     return results
 
 

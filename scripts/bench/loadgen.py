@@ -148,6 +148,143 @@ class Session:
             counters.errors.append(f"{self.jid}: {exc!r}"[:300])
 
 
+NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+_ERROR_TYPE = ("type='error'", 'type="error"')
+_CLOSED = ("<close", "<stream:error")
+
+
+class WsSession:
+    """One RFC 7395 session: an aiohttp client WebSocket and, once logged in, one task.
+
+    Nothing else per connection (the JID is derived when an error needs it): thousands of
+    these live in one process next to the servers being measured.
+    """
+
+    __slots__ = ("load", "index", "ws", "task", "alive")
+
+    def __init__(self, load: "WsLoad", index: int) -> None:
+        self.load = load
+        self.index = index
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.alive = False
+
+    @property
+    def jid(self) -> str:
+        return f"{user_name(self.index)}@{self.load.domain}"
+
+    async def _recv(self) -> str:
+        assert self.ws is not None
+        msg = await self.ws.receive()
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            raise LoginError(f"WebSocket {msg.type.name} for {self.jid}: {msg.data!r}"[:300])
+        self.load.counters.responses += 1
+        return msg.data
+
+    async def _until(self, needle: str, what: str, fail: tuple[str, ...] = ()) -> str:
+        """Read messages until one contains ``needle`` (a stream error or close fails)."""
+        for _ in range(20):
+            raw = await self._recv()
+            if needle in raw:
+                if any(f in raw for f in fail):
+                    raise LoginError(f"{what} failed for {self.jid}: {raw[:300]!r}")
+                return raw
+            if any(f in raw for f in fail) or any(c in raw for c in _CLOSED):
+                raise LoginError(f"{what} failed for {self.jid}: {raw[:300]!r}")
+        raise LoginError(f"no {what} for {self.jid}")
+
+    async def login(self) -> None:
+        """Handshake (subprotocol ``xmpp``), <open/>, SASL PLAIN, restart by a new <open/>,
+        bind, session if the server requires it, initial presence (RFC 7395 §§3.3-3.4)."""
+        load = self.load
+        async with asyncio.timeout(load.login_timeout):
+            self.ws = ws = await load.http.ws_connect(
+                load.url, protocols=("xmpp",), compress=0, autoping=True, heartbeat=None,
+                max_msg_size=load.max_msg_size)
+            if ws.protocol != "xmpp":
+                raise LoginError(f"server did not accept subprotocol xmpp ({ws.protocol!r})")
+            await ws.send_str(load.open_text)
+            await self._until("mechanisms", "stream features")
+            cred = base64.b64encode(f"\0{user_name(self.index)}\0{PASSWORD}".encode()).decode()
+            await ws.send_str(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>")
+            await self._until("<success", "SASL", fail=("<failure",))
+            await ws.send_str(load.open_text)           # stream restart (RFC 7395 §3.5)
+            features = await self._until("xmpp-bind", "bind feature")
+            await ws.send_str("<iq type='set' id='bind1' xmlns='jabber:client'><bind "
+                              "xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench</resource>"
+                              "</bind></iq>")
+            await self._until("<jid", "bind result", fail=_ERROR_TYPE)
+            if _session_required(features):             # RFC 3921 session, unless <optional/>
+                await ws.send_str(f"<iq type='set' id='sess1' xmlns='jabber:client'>"
+                                  f"<session xmlns='{NS_SESSION}'/></iq>")
+                await self._until("sess1", "session", fail=_ERROR_TYPE)
+            await ws.send_str("<presence xmlns='jabber:client'/>")
+            # RFC 6121 §4.2.2: the server echoes initial presence to the user's own resources.
+            await self._until("<presence", "presence echo")
+        self.alive = True
+
+    async def hold(self) -> None:
+        """Read every message; record every benchmark message."""
+        ws = self.ws
+        assert ws is not None
+        load = self.load
+        counters = load.counters
+        seen = load.seen
+        text = aiohttp.WSMsgType.TEXT
+        try:
+            while True:
+                msg = await ws.receive()    # pings are answered inside (autoping)
+                if msg.type is not text:
+                    raise LoginError(f"WebSocket {msg.type.name}: {msg.data!r} "
+                                     f"(close code {ws.close_code})"[:300])
+                counters.responses += 1
+                data: str = msg.data
+                if ">m" in data:
+                    now = time.perf_counter_ns()
+                    found = False
+                    for m in _MSG_TEXT.finditer(data):
+                        seq = int(m.group(1))
+                        if seq in seen:
+                            counters.duplicates += 1
+                            continue
+                        seen[seq] = now - int(m.group(2))
+                        found = True
+                    if found:
+                        load.last_recv_ns = now
+                        counters.msg_responses += 1
+                        counters.received = len(seen)
+                        load.progress.set()
+                elif "<close" in data or "<stream:error" in data:
+                    raise LoginError(f"server ended the stream: {data[:300]!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a dead session loses its messages: reported as lost
+            self.alive = False
+            counters.errors.append(f"{self.jid}: {exc!r}"[:300])
+
+    async def abort(self, polite: bool = False) -> None:
+        """Close the socket; ``polite``: an RFC 7395 <close/> first (the server answers one)."""
+        ws, self.ws = self.ws, None
+        if ws is None:
+            return
+        try:
+            if polite and not ws.closed:
+                await ws.send_str(self.load.close_text)
+            await ws.close()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, RuntimeError):
+            pass
+
+
+def _session_required(features: str) -> bool:
+    """True when <stream:features> offers an RFC 3921 session without <optional/> inside."""
+    i = features.find(NS_SESSION)
+    if i < 0:
+        return False
+    end = features.find("</session>", i)
+    return end < 0 or "optional" not in features[i:end]
+
+
 class _Load:
     """What both load generators share: counters, received messages, logging in N sessions."""
 
@@ -234,4 +371,29 @@ class BoshLoad(_Load):
 
     async def close(self) -> None:
         await self._cancel_tasks()
+        await self.http.close()
+
+
+class WsLoad(_Load):
+    """N RFC 7395 sessions against one ``ws://`` endpoint (one aiohttp ClientSession)."""
+
+    session_class = WsSession
+
+    def __init__(self, url: str, domain: str, *, login_timeout: float = 60,
+                 max_msg_size: int = 1 << 20) -> None:
+        super().__init__(url, domain)
+        self.login_timeout = login_timeout
+        self.max_msg_size = max_msg_size
+        self.open_text = f"<open xmlns='{NS_FRAMING}' to='{domain}' version='1.0' xml:lang='en'/>"
+        self.close_text = f"<close xmlns='{NS_FRAMING}'/>"
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None,
+                                         enable_cleanup_closed=False)
+        # No total timeout: it would cut long-lived sockets; each login has its own deadline.
+        self.http = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        await self._cancel_tasks()
+        await asyncio.gather(*(s.abort(polite=True) for s in self.sessions), return_exceptions=True)
         await self.http.close()

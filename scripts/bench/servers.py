@@ -4,12 +4,16 @@ Prosody comes from the test fixture (tests/support/prosody.py) with a few global
 appended: no per-connection idle timeouts that would cut held sessions, quieter logging
 (one INFO line per connection is CPU we would otherwise measure), and the BOSH limits
 raised. mod_limits (c2s rate limiting) is not in the fixture's module list; we check.
+The fixture also loads mod_websocket (``/xmpp-websocket`` on the same HTTP port, with
+``consider_websocket_secure`` so SASL PLAIN is offered over ``ws://``); we check that too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.error
+import urllib.request
 import re
 import signal
 import socket
@@ -57,6 +61,9 @@ class BenchProsody(ProsodyServer):
         text = self.config_path.read_text()
         if re.search(r'"limits"', text):
             raise RuntimeError("mod_limits is enabled in the generated config: c2s would be throttled")
+        if self.bosh and not re.search(r'modules_enabled = \{[^}]*"websocket"', text):
+            raise RuntimeError("mod_websocket is not enabled in the generated config "
+                               "(tests/support/prosody.py): --transport websocket needs it")
         head, sep, tail = text.partition("\nVirtualHost ")
         extra = _EXTRA_CONFIG % {"log": _lua(str(self.log_path))}
         self.config_path.write_text(head + extra + sep + tail)
@@ -81,6 +88,22 @@ class BenchProsody(ProsodyServer):
         assert self.proc is not None
         return self.proc.pid
 
+    def check_websocket(self, timeout: float = 10) -> None:
+        """Prosody's HTTP port serves mod_websocket at :attr:`ws_url` (a plain GET there
+        answers its "Prosody WebSocket endpoint" page); else a clear error, not N failed logins."""
+        url = "http" + self.ws_url[len("ws"):]
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                body = resp.read(4096).decode(errors="replace")
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, ""
+        except OSError as exc:
+            raise RuntimeError(f"Prosody's {url} unreachable: {exc!r}") from exc
+        if status != 200 or "WebSocket" not in body:
+            raise RuntimeError(f"Prosody's HTTP port does not serve mod_websocket at {url} "
+                               f"(HTTP {status}); see {self.log_path}")
+
 
 def _port_open(port: int) -> bool:
     try:
@@ -98,7 +121,8 @@ class BenchBoshCM:
     """
 
     def __init__(self, workdir: Path, prosody: "BenchProsody", *, log_level: str = "INFO",
-                 event_loop: str = "asyncio", max_wait: int = 60, gc_threshold: str = "") -> None:
+                 event_loop: str = "asyncio", max_wait: int = 60, gc_threshold: str = "",
+                 websocket: bool = False) -> None:
         from bosh import config as cfgmod  # the checkout's config: only keys it knows
 
         self.workdir = Path(workdir)
@@ -121,6 +145,17 @@ class BenchBoshCM:
                          "connect_timeout": 30.0},
             "log": {"level": log_level},
         }
+        # RFC 7395 endpoint on the same listener ([websocket], defaults otherwise: pings every
+        # 30 s, no compression, origins as [http] cors_origins; the load sends no Origin).
+        ws_cfg = getattr(cfgmod, "WebSocketConfig", None)
+        ws_path = "/xmpp-websocket"
+        if websocket:
+            if ws_cfg is None:
+                raise RuntimeError("this bosh-cm checkout has no [websocket] section "
+                                   "(bosh/config.py WebSocketConfig): no WebSocket endpoint to measure")
+            ws_path = ws_cfg().path
+            self.config["websocket"] = {"enabled": True, "path": ws_path}
+        self.ws_url = f"ws://127.0.0.1:{self.port}{ws_path}"
         # uvloop through the config key when this checkout has it ([server] event_loop);
         # older checkouts get the bench-only launcher below.
         server_cfg = getattr(cfgmod, "ServerConfig", None)
