@@ -193,11 +193,8 @@ class UpstreamLink:
         if isinstance(ev, SendUpstream):
             if self.upstream is not None:
                 self.upstream.send(ev.elements)
-            m = self.hub.metrics
-            n = len(ev.elements)
-            m.stanzas.labels("in").inc(n)
-            m.bytes.labels("in").inc(sum(len(e.data) for e in ev.elements))
-            m.transport_stanzas.labels(self.transport, "in").inc(n)
+            self.hub.metrics.flow(self.transport, "in").add(
+                len(ev.elements), sum(len(e.data) for e in ev.elements))
         elif isinstance(ev, OpenUpstream):
             self._opened_at = self._loop.time()
             self._upstream_live = True
@@ -229,10 +226,7 @@ class UpstreamLink:
             log.info("session %s upstream ready in %.3f s (%s)", self.sid, took, self.transport)
 
     def note_pushed(self, elements: Sequence[bytes]) -> None:
-        m = self.hub.metrics
-        m.stanzas.labels("out").inc(len(elements))
-        m.bytes.labels("out").inc(sum(map(len, elements)))
-        m.transport_stanzas.labels(self.transport, "out").inc(len(elements))
+        self.hub.metrics.flow(self.transport, "out").add(len(elements), sum(map(len, elements)))
 
     def upstream_gone(self) -> None:
         if self._upstream_live:

@@ -56,6 +56,7 @@ class StreamInfo:
     from_: str | None
     id: str | None
     version: str | None
+    lang: str | None = None  # xml:lang of the server's header (RFC 6120 §4.7.4)
 
 
 class UpstreamListener(Protocol):

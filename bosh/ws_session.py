@@ -413,8 +413,9 @@ class WsSession:
         return out
 
     def _open_reply(self, info: StreamInfo) -> bytes:
-        return render_open(info.from_ or self.domain or "", info.id or self.sid, self.lang,
-                           info.version)
+        # RFC 6120 §4.7.4: the server's xml:lang (it MUST send one), else the client's.
+        return render_open(info.from_ or self.domain or "", info.id or self.sid,
+                           info.lang or self.lang, info.version)
 
     def _placeholder_open(self) -> bytes:
         # Before the server's header exists: our own values (RFC 7395 §3.5).

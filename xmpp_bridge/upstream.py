@@ -222,16 +222,14 @@ class XmppUpstream:
         if not self._ready.done():
             self._ready.set_result(True)
         # XEP-0206 §4: from, id (authid) and version of the post-TLS header.
-        info = StreamInfo(from_=header.get("from"), id=header.get("id"),
-                          version=header.get("version"))
+        info = _stream_info(header)
         data = serialize(filter_features(features)) if features is not None else b""
         self._call("upstream_ready", self._listener.upstream_ready, info, data)
 
     def stream_header(self, header: Mapping[str, str]) -> None:
         if self._state is not _State.OPEN:
             return
-        info = StreamInfo(from_=header.get("from"), id=header.get("id"),
-                          version=header.get("version"))
+        info = _stream_info(header)
         self._call("upstream_header", self._listener.upstream_header, info)
 
     def stream_elements(self, elements: list[ET.Element]) -> None:
@@ -273,6 +271,15 @@ class XmppUpstream:
         except Exception:
             self._stats.listener_errors += 1
             log.exception("listener %s raised for upstream %s", name, self._params.to)
+
+
+def _stream_info(header: Mapping[str, str]) -> StreamInfo:
+    # XEP-0206 §4 / RFC 7395 §3.4: what the client is told of the server's stream header.
+    return StreamInfo(from_=header.get("from"), id=header.get("id"),
+                      version=header.get("version"), lang=header.get(_XML_LANG))
+
+
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 
 
 class XmppUpstreamFactory:
