@@ -24,6 +24,7 @@ from bosh.driver import Manager
 from bosh.errors import ConfigError
 from bosh.hub import Hub
 from bosh.limits import ClientLimits, PerIpPolicy
+from bosh.metrics import Metrics
 from bosh.ports import UpstreamFactory
 from bosh.session import Limits
 from bosh.web import make_app, make_runner
@@ -51,13 +52,16 @@ def build_client_limits(cfg: config_mod.Config) -> ClientLimits:
 
 def build_hub(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None) -> Hub:
     """The process hub every transport shares: sessions, limits, metrics, the upstreams."""
+    metrics = Metrics()
     if upstreams is None:
         from xmpp_bridge.upstream import XmppUpstreamFactory
 
-        upstreams = XmppUpstreamFactory(cfg.upstream)
+        factory = XmppUpstreamFactory(cfg.upstream)
+        metrics.track_bridge(factory.counters)
+        upstreams = factory
     return Hub(cfg.upstream.domains, cfg.bosh.max_sessions, upstreams,
                client_limits=build_client_limits(cfg), max_stanza_bytes=cfg.bosh.max_stanza_bytes,
-               see_other_uri=cfg.bosh.see_other_uri, node_id=cfg.cluster.node_id)
+               see_other_uri=cfg.bosh.see_other_uri, node_id=cfg.cluster.node_id, metrics=metrics)
 
 
 def build_manager(cfg: config_mod.Config, upstreams: UpstreamFactory | None = None,

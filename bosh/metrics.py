@@ -28,6 +28,8 @@ bosh_transport_sessions_ended_total   counter    sessions ended, by transport an
 bosh_transport_stanzas_total          counter    elements passed, by transport and direction
   {transport,direction}
 bosh_node_info{node_id}               gauge      1, labelled with [cluster] node_id ("" standalone)
+bosh_bridge_events_total{event}       counter    upstream bridge: opened, ready, failed, ended,
+                                                 dropped_elements, listener_errors, handler_errors
 bosh_websocket_closes_total{code}     counter    WebSocket connections closed by bosh-cm, by
                                                  close code (1012 = released for resumption)
 ====================================  =========  ==============================================
@@ -38,10 +40,12 @@ WebSocket transport); ``transport`` is ``bosh`` or ``websocket``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 __all__ = ["Metrics", "CONTENT_TYPE"]
 
@@ -49,6 +53,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _BridgeCollector(Collector):
+    def __init__(self, counters: Callable[[], Mapping[str, int]]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("bosh_bridge_events", "Upstream bridge events by kind",
+                                     labels=["event"])
+        for event, value in sorted(self._counters().items()):
+            family.add_metric([event], value)
+        yield family
 
 
 class Flow(NamedTuple):
@@ -125,6 +141,12 @@ class Metrics:
                                            self.bytes.labels(direction),
                                            self.transport_stanzas.labels(transport, direction))
         return flow
+
+    def track_bridge(self, counters: Callable[[], Mapping[str, int]]) -> None:
+        """Export the upstream bridge's own counters (read at scrape time) as
+        ``bosh_bridge_events_total{event}``: streams opened/ready/failed/ended, client
+        elements dropped by the filter, and handler errors slixmpp would otherwise swallow."""
+        self.registry.register(_BridgeCollector(counters))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,7 +4,8 @@ One parser for everything a client sends, BOSH ``<body/>`` documents and WebSock
 alike: it never loads a DTD, never resolves entities and never touches the network
 (XEP-0124 §6, §19, checklist #13; RFC 7395 §3.3.3; RFC 6120 §11.1 restricted XML); a DOCTYPE,
 a comment or a processing instruction anywhere is refused, and so is nesting deeper than
-:data:`MAX_DEPTH` or an element with more than :data:`MAX_ATTRIBUTES` attributes.
+:data:`MAX_DEPTH`, an element with more than :data:`MAX_ATTRIBUTES` attributes or an attribute
+value longer than :data:`MAX_ATTRIBUTE_CHARS`.
 
 :func:`client_element` re-serializes one payload element into a fresh tree whose namespace
 declarations are exactly the ones it uses. That is also what stops a client from injecting
@@ -25,6 +26,9 @@ __all__ = ["MAX_DEPTH", "MAX_ATTRIBUTES", "parse_document", "client_element", "s
 
 MAX_DEPTH = 64
 MAX_ATTRIBUTES = 64
+#: Longest attribute value, in characters. The longest legitimate one is a full JID (RFC 7622
+#: §3.1: 3 x 1023 bytes plus separators); 4 KiB leaves room and bounds what one tag costs.
+MAX_ATTRIBUTE_CHARS = 4096
 
 _PARSER = etree.XMLParser(
     resolve_entities=False,
@@ -65,9 +69,17 @@ def parse_document(data: bytes) -> etree._Element:
     # Prolog/epilog comments and PIs are siblings of the root.
     if root.getprevious() is not None or root.getnext() is not None:
         raise XmlRefused(XmlRefused.RESTRICTED, "comments and processing instructions not allowed")
-    if len(root.attrib) > MAX_ATTRIBUTES:
-        raise XmlRefused(XmlRefused.TOO_COMPLEX, "too many attributes")
+    _check_attributes(root)
     return root
+
+
+def _check_attributes(elem: etree._Element) -> None:
+    attrib = elem.attrib
+    if len(attrib) > MAX_ATTRIBUTES:
+        raise XmlRefused(XmlRefused.TOO_COMPLEX, "too many attributes")
+    for value in attrib.values():
+        if len(value) > MAX_ATTRIBUTE_CHARS:
+            raise XmlRefused(XmlRefused.TOO_COMPLEX, "attribute value too long")
 
 
 def attrs_of(elem: etree._Element, prefixes: dict[str, str]) -> dict[str, str]:
@@ -108,8 +120,7 @@ def _rebuild(src: etree._Element, parent: etree._Element | None, depth: int,
     """Copy ``src`` into a fresh tree whose namespace declarations are exactly the ones used."""
     if depth > MAX_DEPTH:
         raise XmlRefused(XmlRefused.TOO_COMPLEX, "payload nested too deeply")
-    if len(src.attrib) > MAX_ATTRIBUTES:
-        raise XmlRefused(XmlRefused.TOO_COMPLEX, "too many attributes")
+    _check_attributes(src)
     ns, name = split(src.tag)
     if remap is not None and ns == remap:
         ns = NS_CLIENT

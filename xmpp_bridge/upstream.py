@@ -9,6 +9,7 @@ reported through the session's ``UpstreamListener`` exactly as ``bosh/ports.py``
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import ssl
@@ -299,6 +300,12 @@ class XmppUpstreamFactory:
         self._ssl_context = ssl_context if ssl_context is not None else make_ssl_context(config)
         self._srv_lookup: SrvLookup = srv_lookup if srv_lookup is not None else _slixmpp_srv_lookup
         self.stats = BridgeStats()
+
+    def counters(self) -> dict[str, int]:
+        """The bridge's counters for ``/metrics`` (``bosh_bridge_events_total``)."""
+        out = dataclasses.asdict(self.stats)
+        out["handler_errors"] = BridgeStream.total_handler_errors
+        return out
 
     @property
     def ssl_context(self) -> ssl.SSLContext:

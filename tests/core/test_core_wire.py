@@ -257,3 +257,21 @@ def test_render_error_is_recoverable_type_error() -> None:
     """§17.3: <body type='error'/> (recoverable)."""
     root = parse(wire.render_error())
     assert root.get("type") == "error" and root.get("condition") is None
+
+
+def test_bounds_on_attributes_of_the_body_and_of_payload_elements() -> None:
+    """Issue 11: a body with 10,000 attributes, or an attribute of a megabyte, is refused
+    (bad-request), in the body itself and in its payload; ordinary ones pass."""
+    from bosh.xmlsafe import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES
+
+    ns = "http://jabber.org/protocol/httpbind"
+    many = " ".join(f"a{i}='1'" for i in range(10_000))
+    for data in (f"<body xmlns='{ns}' rid='1' {many}/>",
+                 f"<body xmlns='{ns}' rid='1' to='{'x' * (MAX_ATTRIBUTE_CHARS + 1)}'/>",
+                 f"<body xmlns='{ns}' rid='1'><message {many}/></body>",
+                 f"<body xmlns='{ns}' rid='1'><message><x y='{'z' * 100_000}'/></message></body>"):
+        with pytest.raises(BoshError) as info:
+            wire.parse_body(data.encode())
+        assert info.value.condition is Condition.BAD_REQUEST
+    fine = " ".join(f"a{i}='1'" for i in range(MAX_ATTRIBUTES - 2))
+    wire.parse_body(f"<body xmlns='{ns}' rid='1' to='{'x' * MAX_ATTRIBUTE_CHARS}'><message {fine}/></body>".encode())

@@ -168,6 +168,7 @@ def test_restart_to_another_domain_is_refused() -> None:
     (b"<message><?pi x?></message>", StreamCondition.RESTRICTED_XML),
     (b"<message " + b" ".join(b"a%d='1'" % i for i in range(100)) + b"/>",
      StreamCondition.POLICY_VIOLATION),
+    (b"<message to='" + b"x" * 5000 + b"'/>", StreamCondition.POLICY_VIOLATION),
     (b"<x:open xmlns:x='urn:ietf:params:xml:ns:xmpp-framing-nope'/>", None),
     (b"<foo xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", StreamCondition.INVALID_XML),
 ])

@@ -46,6 +46,9 @@ async def test_plain_password_never_reaches_the_log_and_session_events_carry_the
     assert re.search(r'^bosh_sessions_ended_total\{condition="none"\} 1\.0$', metrics, re.M)
     assert re.search(r'^bosh_stanzas_total\{direction="in"\} [1-9]', metrics, re.M)
     assert re.search(r"^bosh_upstream_connect_seconds_count 1\.0$", metrics, re.M)
+    # the bridge's own counters (issue 11): one stream opened and ready, no handler error
+    assert re.search(r'^bosh_bridge_events_total\{event="ready"\} 1\.0$', metrics, re.M)
+    assert re.search(r'^bosh_bridge_events_total\{event="handler_errors"\} 0\.0$', metrics, re.M)
 
 
 def self_signed(tmp_path):
