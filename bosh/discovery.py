@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from bosh.xmltext import escape_attr
+
 __all__ = ["REL_BOSH", "REL_WEBSOCKET", "XRD_TYPE", "JRD_TYPE", "links", "render_xrd", "render_jrd"]
 
 REL_BOSH = "urn:xmpp:alt-connections:xbosh"
@@ -22,13 +24,8 @@ def links(bosh_url: str, websocket_url: str) -> list[tuple[str, str]]:
     return [(rel, url) for rel, url in ((REL_BOSH, bosh_url), (REL_WEBSOCKET, websocket_url)) if url]
 
 
-def _attr(value: str) -> str:
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("'", "&apos;").replace('"', "&quot;"))
-
-
 def render_xrd(bosh_url: str, websocket_url: str) -> bytes:
-    body = "".join(f"\n  <Link rel='{rel}' href='{_attr(url)}'/>"
+    body = "".join(f"\n  <Link rel='{rel}' href='{escape_attr(url)}'/>"
                    for rel, url in links(bosh_url, websocket_url))
     return (f"<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='{_NS_XRD}'>{body}\n</XRD>\n"
             .encode())

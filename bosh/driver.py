@@ -21,6 +21,7 @@ from bosh.limits import ClientLimits
 from bosh.metrics import Metrics
 from bosh.ports import StreamInfo
 from bosh.registry import Registry
+from bosh.xmltext import escape_text
 from bosh.session import DEFAULT_CONTENT, Event, Limits, Respond, Session, Terms, negotiate
 
 log = logging.getLogger("bosh.driver")
@@ -147,7 +148,7 @@ class Manager:
         if hub.see_other_uri:
             # §17.2 see-other-uri: the operator sends new sessions elsewhere (draining).
             self.metrics.errors.labels(Condition.SEE_OTHER_URI.value).inc()
-            uri = b"<uri>" + wire.escape_text(hub.see_other_uri).encode() + b"</uri>"
+            uri = b"<uri>" + escape_text(hub.see_other_uri).encode() + b"</uri>"
             return Reply(200, wire.render_terminate(Condition.SEE_OTHER_URI, (uri,)))
         now = asyncio.get_running_loop().time()
         try:

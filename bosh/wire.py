@@ -18,6 +18,7 @@ from lxml import etree
 
 from bosh import xmlsafe
 from bosh.errors import BoshError, Condition, XmlRefused
+from bosh.xmltext import escape_attr, escape_text
 from bosh.ports import NS_CLIENT, NS_HTTPBIND, NS_STREAM, NS_XBOSH, NS_XML, ClientElement
 
 # XEP-0124 §14.1: rids go up to 2^53 - 1; anything larger is not a valid rid.
@@ -139,18 +140,6 @@ def _split(tag: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------
 # Rendering
 
-def escape_text(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _escape_attr(value: str) -> str:
-    # Whitespace other than a space is written as a reference so it survives attribute
-    # value normalisation on the client's side (XML 1.0 §3.3.3).
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("'", "&apos;").replace('"', "&quot;")
-            .replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#9;"))
-
-
 _BODY_OPEN = f"<body xmlns='{NS_HTTPBIND}'"
 _STREAM_DECL = f" xmlns:stream='{NS_STREAM}'"
 _XBOSH_DECL = f" xmlns:xmpp='{NS_XBOSH}'"
@@ -170,7 +159,7 @@ def render_body(attrs: Mapping[str, str] | None = None, payload: Sequence[bytes]
         if any(k.startswith("xmpp:") for k in attrs):
             parts.append(_XBOSH_DECL)
         for key, value in attrs.items():
-            parts.append(f" {key}='{_escape_attr(value)}'")
+            parts.append(f" {key}='{escape_attr(value)}'")
     if not payload:
         parts.append("/>")
         return "".join(parts).encode()

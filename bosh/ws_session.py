@@ -37,6 +37,7 @@ from lxml import etree
 from bosh import xmlsafe
 from bosh.errors import StreamCondition, XmlRefused
 from bosh.events import CloseUpstream, FlowControl, OpenUpstream, RestartUpstream, SendUpstream, SessionEnded
+from bosh.xmltext import escape_attr
 from bosh.ports import NS_STREAM, NS_XML, ClientElement, StreamInfo, StreamParams
 
 __all__ = ["WsSession", "WsLimits", "WsState", "SendText", "SendPing", "CloseSocket", "WsEvent",
@@ -106,18 +107,13 @@ class WsLimits:
     open_timeout: float = 30.0         # seconds for the client's first <open/>
 
 
-def _escape_attr(value: str) -> str:
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#9;"))
-
-
 def render_open(from_: str, id_: str, lang: str | None, version: str | None) -> bytes:
     """The server's ``<open/>`` (RFC 7395 §3.4, attributes of RFC 6120 §4.7)."""
     attrs = [("from", from_), ("id", id_)]
     if lang:
         attrs.append(("xml:lang", lang))
     attrs.append(("version", version or "1.0"))
-    rendered = "".join(f' {k}="{_escape_attr(v)}"' for k, v in attrs)
+    rendered = "".join(f' {k}="{escape_attr(v)}"' for k, v in attrs)
     return f'<open xmlns="{NS_FRAMING}"{rendered}/>'.encode()
 
 
@@ -348,7 +344,7 @@ class WsSession:
         self.lang = attrs.get("xml:lang")
         self.domain = to.lower() if to.lower() in self.domains else None
         if self.see_other_uri:
-            uri = _escape_attr(self.see_other_uri)
+            uri = escape_attr(self.see_other_uri)
             close = f'<close xmlns="{NS_FRAMING}" see-other-uri="{uri}" />'.encode()
             return self._end([SendText(close), CloseSocket(WS_NORMAL)], None)
         if self.domain is None:

@@ -14,9 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ("errors", "wire", "session", "registry", "config", "ports", "limits", "xmlsafe", "events",
-        "ws_session", "discovery")
+        "ws_session", "discovery", "xmltext")
 DRIVERS = ("driver", "hub", "ws_driver")  # asyncio glue, no aiohttp
-BRIDGE_MAY_USE = {"bosh.ports", "bosh.errors", "bosh.config"}
+BRIDGE_MAY_USE = {"bosh.ports", "bosh.errors", "bosh.config", "bosh.xmltext"}
 
 
 def imports(path: Path) -> set[str]:

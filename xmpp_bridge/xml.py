@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from typing import Iterator
 
 from bosh.ports import NS_CLIENT, NS_HTTPBIND, NS_STREAM, NS_XBOSH, NS_XML
+from bosh.xmltext import escape_attr, escape_text
 
 __all__ = [
     "NS_TLS",
@@ -64,24 +65,6 @@ def split_tag(tag: str) -> tuple[str, str]:
     return "", tag
 
 
-# -- escaping -------------------------------------------------------------------------------
-
-def _escape_text(text: str) -> str:
-    # '>' is escaped too so that ']]>' can never appear in character data (XML 1.0 §2.4).
-    # '\r' must survive a round trip: a parser would normalize a literal CR away (§2.11).
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("\r", "&#13;"))
-
-
-def escape_attr(value: str) -> str:
-    """Escape ``value`` for use inside a single- or double-quoted attribute value."""
-    # Whitespace characters are written as character references because attribute-value
-    # normalization (XML 1.0 §3.3.3) would turn literal ones into spaces.
-    return (value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-            .replace('"', "&quot;").replace("'", "&apos;").replace("\r", "&#13;").replace("\n", "&#10;")
-            .replace("\t", "&#9;"))
-
-
 # -- serializer -----------------------------------------------------------------------------
 
 class _Writer:
@@ -105,7 +88,7 @@ class _Writer:
             # Comments / processing instructions: the pull parser used by slixmpp does not
             # produce them, but never write something we cannot represent.
             if not top and elem.tail:
-                self.parts.append(_escape_text(elem.tail))
+                self.parts.append(escape_text(elem.tail))
             return
         ns, name = split_tag(tag)
         decls: list[tuple[str, str]] = []  # (attribute name, namespace URI)
@@ -156,12 +139,12 @@ class _Writer:
         else:
             out.append(">")
             if elem.text:
-                out.append(_escape_text(elem.text))
+                out.append(escape_text(elem.text))
             for child in children:
                 self.element(child, child_default, top=False, stream_declared=stream_declared)
             out.append(f"</{qname}>")
         if not top and elem.tail:
-            out.append(_escape_text(elem.tail))
+            out.append(escape_text(elem.tail))
 
 
 def serialize(elem: ET.Element) -> bytes:
