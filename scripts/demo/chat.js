@@ -1,12 +1,17 @@
-/* bosh-cm demo chat: a deliberately small Strophe.js client over BOSH.
+/* bosh-cm demo chat: a deliberately small Strophe.js client over BOSH or WebSocket.
  *
  * Settings come from (later wins): config.js (written by scripts/run), then the query
- * string: ?bosh=URL, ?jid=JID, ?to=JID, ?as=NAME (fills in one of the demo accounts
- * listed in config.js).
+ * string: ?transport=bosh|websocket, ?bosh=URL, ?ws=URL, ?jid=JID, ?to=JID, ?as=NAME
+ * (fills in one of the demo accounts listed in config.js).
  *
- * Stable hooks for tests/browser: #jid #password #bosh-url #connect #disconnect
- * #status[data-state=disconnected|connecting|connected|online|error] #me[data-jid]
- * #to #body #send #log > li.msg[data-dir=in|out][data-from][data-to] > .text
+ * BOSH (XEP-0124/0206) uses Strophe's keepalive: a reload re-attaches to the same session.
+ * WebSocket (RFC 7395) uses Strophe's XEP-0198 stream management: after a lost connection
+ * or a reload, Connect resumes the same session if the server still holds it.
+ *
+ * Stable hooks for tests/browser: #jid #password #bosh-url #ws-url
+ * input[name=transport][value=bosh|websocket] #connect #disconnect
+ * #status[data-state=disconnected|connecting|connected|online|error][data-transport=bosh|websocket]
+ * #me[data-jid] #to #body #send #log > li.msg[data-dir=in|out][data-from][data-to] > .text
  */
 (function () {
   'use strict';
@@ -16,7 +21,8 @@
   var $ = function (id) { return document.getElementById(id); };
 
   var el = {
-    login: $('login'), jid: $('jid'), password: $('password'), bosh: $('bosh-url'),
+    login: $('login'), jid: $('jid'), password: $('password'), bosh: $('bosh-url'), ws: $('ws-url'),
+    transports: document.querySelectorAll('input[name="transport"]'),
     connect: $('connect'), disconnect: $('disconnect'), accounts: $('accounts'),
     status: $('status'), me: $('me'),
     compose: $('compose'), to: $('to'), body: $('body'), send: $('send'),
@@ -24,14 +30,23 @@
   };
 
   var conn = null;
+  var connTransport = null;  // the transport of `conn`, whatever the radios say now
   var onlineFallback = null;
+  var userDisconnect = false;
   var accounts = Array.isArray(cfg.accounts) ? cfg.accounts : [];
+  var TRANSPORT_KEY = 'bosh-cm-demo.transport';
+  var TRANSPORT_NAMES = { bosh: 'BOSH', websocket: 'WebSocket' };
 
   // ---- form defaults ---------------------------------------------------------------
 
   // A launcher listening on all addresses writes 0.0.0.0: use the name this page was opened with.
-  el.bosh.value = params.get('bosh') ||
-    (cfg.boshUrl || defaultBoshUrl()).replace('//0.0.0.0:', '//' + window.location.hostname + ':');
+  function hereFor(url) {
+    return url.replace('//0.0.0.0:', '//' + window.location.hostname + ':');
+  }
+  el.bosh.value = params.get('bosh') || hereFor(cfg.boshUrl || defaultBoshUrl());
+  el.ws.value = params.get('ws') || hereFor(cfg.wsUrl || defaultWsUrl());
+  setTransport(normalTransport(params.get('transport')) ||
+               normalTransport(sessionStorage.getItem(TRANSPORT_KEY)) || 'bosh');
   var chosen = params.get('as');
   var account = accounts.find(function (a) {
     return chosen && (a.jid === chosen || a.jid.split('@')[0] === chosen);
@@ -54,6 +69,45 @@
     return window.location.protocol + '//' + window.location.hostname + ':5280/http-bind';
   }
 
+  function defaultWsUrl() {
+    var scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+    return scheme + '//' + window.location.hostname + ':5280/xmpp-websocket';
+  }
+
+  // ---- transport choice ------------------------------------------------------------
+
+  function normalTransport(value) {
+    value = (value || '').toLowerCase();
+    if (value === 'websocket' || value === 'ws') return 'websocket';
+    if (value === 'bosh') return 'bosh';
+    return null;
+  }
+
+  function chosenTransport() {
+    var checked = document.querySelector('input[name="transport"]:checked');
+    return checked ? checked.value : 'bosh';
+  }
+
+  function setTransport(transport) {
+    el.transports.forEach(function (r) { r.checked = r.value === transport; });
+    // Only the chosen transport's URL field is shown (and required).
+    document.querySelectorAll('#login [data-transport]').forEach(function (n) {
+      n.hidden = n.dataset.transport !== transport;
+    });
+    el.bosh.required = transport === 'bosh';
+    el.ws.required = transport === 'websocket';
+    if (!conn || !conn.connected) el.status.dataset.transport = transport;
+    try { sessionStorage.setItem(TRANSPORT_KEY, transport); } catch (e) { /* private mode */ }
+  }
+
+  el.transports.forEach(function (r) {
+    r.addEventListener('change', function () { if (r.checked) setTransport(r.value); });
+  });
+
+  function over() {
+    return ' over ' + TRANSPORT_NAMES[connTransport || chosenTransport()];
+  }
+
   // ---- status line -----------------------------------------------------------------
 
   function setState(state, text) {
@@ -62,7 +116,8 @@
     var busy = state === 'connecting' || state === 'connected' || state === 'online';
     el.connect.disabled = busy;
     el.disconnect.disabled = !busy;
-    el.jid.disabled = el.password.disabled = el.bosh.disabled = busy;
+    el.jid.disabled = el.password.disabled = el.bosh.disabled = el.ws.disabled = busy;
+    el.transports.forEach(function (r) { r.disabled = busy; });
     el.send.disabled = state !== 'online';
   }
 
@@ -76,11 +131,12 @@
     var S = Strophe.Status;
     var why = condition ? ' (' + condition + ')' : '';
     switch (code) {
-      case S.CONNECTING: setState('connecting', 'Connecting to ' + conn.service + ' …'); break;
-      case S.AUTHENTICATING: setState('connecting', 'Authenticating …'); break;
+      case S.CONNECTING:
+        setState('connecting', 'Connecting' + over() + ' to ' + conn.service + ' …'); break;
+      case S.AUTHENTICATING: setState('connecting', 'Authenticating' + over() + ' …'); break;
       case S.CONNECTED:
       case S.ATTACHED:
-        setState('connected', 'Connected as ' + conn.jid + ', sending presence …');
+        setState('connected', 'Connected as ' + conn.jid + over() + ', sending presence …');
         goOnline();
         break;
       case S.AUTHFAIL: setState('error', 'Login failed: wrong JID or password' + why); break;
@@ -91,8 +147,16 @@
       case S.DISCONNECTED:
         clearTimeout(onlineFallback);
         el.me.hidden = true;
-        if (el.status.dataset.state !== 'error') setState('disconnected', 'Disconnected' + why);
-        else el.connect.disabled = el.jid.disabled = el.password.disabled = el.bosh.disabled = false;
+        if (el.status.dataset.state === 'error') {
+          setState('error', el.status.textContent);  // keep the message, re-enable the form
+        } else if (!userDisconnect && connTransport === 'websocket' && conn.sm &&
+                   conn.sm.hasResumableState()) {
+          // XEP-0198: the server keeps the session for a while; Connect resumes it.
+          setState('disconnected', 'Connection lost' + why + '; press Connect to resume the session');
+        } else {
+          setState('disconnected', 'Disconnected' + why);
+        }
+        userDisconnect = false;
         break;
       case S.ERROR: setState('error', 'Error' + why); break;
       default: logEvent('status ' + statusName(code) + why);
@@ -101,8 +165,14 @@
 
   // ---- XMPP ------------------------------------------------------------------------
 
-  function newConnection(url) {
-    var c = new Strophe.Connection(url, { keepalive: true });
+  function newConnection(transport) {
+    connTransport = transport;
+    el.status.dataset.transport = transport;
+    var c = transport === 'websocket'
+      // XEP-0198 (Strophe 5 does it over WebSocket only); state kept in sessionStorage.
+      ? new Strophe.Connection(el.ws.value.trim(), { enableStreamManagement: true })
+      // Strophe's keepalive keeps jid/sid/rid in sessionStorage: a reload re-attaches.
+      : new Strophe.Connection(el.bosh.value.trim(), { keepalive: true });
     c.rawInput = function (data) { wire('recv', data); };
     c.rawOutput = function (data) { wire('sent', data); };
     c.addHandler(onMessage, null, 'message', null, null, null);
@@ -130,7 +200,8 @@
   function markOnline() {
     clearTimeout(onlineFallback);
     if (conn && conn.connected && el.status.dataset.state === 'connected') {
-      setState('online', 'Online as ' + Strophe.getBareJidFromJid(conn.jid));
+      var resumed = conn.hasResumed && conn.hasResumed() ? ' (session resumed, XEP-0198)' : '';
+      setState('online', 'Online as ' + Strophe.getBareJidFromJid(conn.jid) + over() + resumed);
       (el.to.value ? el.body : el.to).focus();
     }
   }
@@ -229,12 +300,14 @@
     var jid = el.jid.value.trim();
     if (jid.indexOf('@') < 0 && accounts.length) jid += '@' + accounts[0].jid.split('@')[1];
     if (conn) { try { conn.reset(); } catch (e) { /* ignore */ } }
-    conn = newConnection(el.bosh.value.trim());
-    setState('connecting', 'Connecting …');
+    userDisconnect = false;
+    conn = newConnection(chosenTransport());
+    setState('connecting', 'Connecting' + over() + ' …');
     conn.connect(jid, el.password.value, onStatus);
   });
 
   el.disconnect.addEventListener('click', function () {
+    userDisconnect = true;
     if (conn) conn.disconnect('user logged out');
   });
 
@@ -250,12 +323,17 @@
   });
 
   // ---- page reload: keepalive stored the BOSH session in sessionStorage; re-attach ----
+  // (Over WebSocket there is nothing to re-attach to: Connect logs in and resumes, XEP-0198.)
 
-  try {
-    conn = newConnection(el.bosh.value.trim());
-    conn.restore(null, onStatus);
-  } catch (e) {
-    conn = null; // nothing stored (Strophe.SessionError) or not restorable
+  if (chosenTransport() === 'bosh') {
+    try {
+      conn = newConnection('bosh');
+      conn.restore(null, onStatus);
+    } catch (e) {
+      conn = null; // nothing stored (Strophe.SessionError) or not restorable
+      setState('disconnected', 'Disconnected');
+    }
+  } else {
     setState('disconnected', 'Disconnected');
   }
 })();

@@ -2,7 +2,8 @@
 
 Used by scripts/demo/launch.py (``scripts/run``) and by tests/browser. Standard library
 only, so it runs before anything is installed. The page is deliberately served from a
-different origin than bosh-cm, so every BOSH request is a cross-origin (CORS) request.
+different origin than bosh-cm, so every BOSH request is a cross-origin (CORS) request and
+every WebSocket handshake carries a foreign ``Origin``.
 """
 
 from __future__ import annotations
@@ -77,11 +78,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def start(host: str, port: int, *, bosh_url: str,
+def start(host: str, port: int, *, bosh_url: str, ws_url: str | None = None,
           accounts: list[tuple[str, str]] = ()) -> DemoServer:
-    """Start serving in a daemon thread; ``port=0`` picks a free one. Stop with ``.shutdown()``."""
+    """Start serving in a daemon thread; ``port=0`` picks a free one. Stop with ``.shutdown()``.
+
+    ``bosh_url`` and ``ws_url`` (XMPP over WebSocket, RFC 7395) prefill the page's two
+    transports; the page lets the user pick one (or ``?transport=websocket``)."""
     page_config = {
         "boshUrl": bosh_url,
+        "wsUrl": ws_url or "",
         "accounts": [{"jid": jid, "password": pw} for jid, pw in accounts],
     }
     server = DemoServer((host, port), page_config)

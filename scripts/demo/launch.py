@@ -3,7 +3,7 @@
 Run through ``scripts/run`` (which installs everything first), or directly with the venv
 python from the repo root: ``.venv/bin/python scripts/demo/launch.py [--help]``.
 
-    browser (page on :8080) --BOSH/HTTP, CORS--> bosh-cm (:5280) --XMPP+STARTTLS--> Prosody
+    browser (page on :8080) --BOSH (CORS) or WebSocket--> bosh-cm (:5280) --XMPP+STARTTLS--> Prosody
 
 Everything it writes lives in ./demo-state/ (Prosody's config, cert, data and log; the
 bosh-cm config). Ctrl-C (or SIGTERM) stops all three.
@@ -12,6 +12,7 @@ bosh-cm config). Ctrl-C (or SIGTERM) stops all three.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import os
 import re
@@ -35,6 +36,8 @@ from tests.support.prosody import ProsodyError, ProsodyServer  # noqa: E402
 DOMAIN = "localhost"
 ACCOUNTS = [("alice", "alice-demo"), ("bob", "bob-demo")]
 LISTENING = re.compile(r"listening on (http://\S+)")
+WS_PATH = "/xmpp-websocket"
+FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -58,8 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--state-dir", type=Path, default=Path(os.environ.get("DEMO_STATE", REPO / "demo-state")),
                    help="where Prosody and the bosh-cm config live (env DEMO_STATE; default ./demo-state)")
     p.add_argument("--check", action="store_true",
-                   help="start everything, check that the page loads and that bosh-cm opens a BOSH "
-                        "session for it (with CORS), then stop: a smoke test")
+                   help="start everything, check that the page loads, that bosh-cm opens a BOSH "
+                        "session for it (with CORS) and an XMPP stream over WebSocket (with the "
+                        "page's Origin), then stop: a smoke test")
     return p.parse_args()
 
 
@@ -99,8 +103,14 @@ def write_boshcm_config(path: Path, args: argparse.Namespace, prosody: ProsodySe
 host = "{args.host}"
 port = {args.bosh_port}
 path = "/http-bind"
-# Only the demo page may call us from a browser (CORS).
+# Only the demo page may call us from a browser (CORS; also the WebSocket Origin check).
 cors_origins = [{origins}]
+
+[websocket]
+# XMPP over WebSocket (RFC 7395) on the same port; origins = [] means cors_origins above.
+enabled = true
+path = "{WS_PATH}"
+origins = []
 
 [upstream]
 domains = ["{DOMAIN}"]
@@ -197,6 +207,49 @@ def smoke_check(page_url: str, bosh_url: str) -> None:
           f"from {origin} (Access-Control-Allow-Origin: {allow})", flush=True)
 
 
+def ws_smoke_check(page_url: str, ws_url: str) -> None:
+    """bosh-cm upgrades a WebSocket from the page's Origin with subprotocol ``xmpp`` and opens
+    an XMPP stream for it (RFC 7395 §3.3-3.4: <open/> answered by <open/> + features)."""
+    import aiohttp  # installed with bosh-cm itself (scripts/run made the venv)
+
+    origin = page_url.rstrip("/")
+
+    async def check() -> None:
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.ws_connect(ws_url, protocols=("xmpp",), headers={"Origin": origin},
+                                       autoping=True) as ws:
+                if ws.protocol != "xmpp":
+                    raise AssertionError(f"{ws_url}: handshake without Sec-WebSocket-Protocol: xmpp")
+
+                async def text() -> str:
+                    msg = await ws.receive()
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        raise AssertionError(f"{ws_url}: expected a text message, got {msg.type.name} "
+                                             f"{msg.data!r} {msg.extra or ''}")
+                    return str(msg.data)
+
+                await ws.send_str(f'<open xmlns="{FRAMING}" to="{DOMAIN}" version="1.0"/>')
+                opened = await text()
+                features = await text()
+                if not opened.startswith("<open") or FRAMING not in opened:
+                    raise AssertionError(f"{ws_url}: expected <open/>, got {opened[:200]!r}")
+                if "<stream:features" not in features or "mechanism" not in features:
+                    raise AssertionError(f"{ws_url}: expected stream features with SASL "
+                                         f"mechanisms, got {features[:300]!r}")
+                await ws.send_str(f'<close xmlns="{FRAMING}"/>')
+
+    try:
+        asyncio.run(check())
+    except aiohttp.WSServerHandshakeError as exc:
+        raise AssertionError(f"WebSocket handshake to {ws_url} from {origin} refused: "
+                             f"HTTP {exc.status} {exc.message}") from exc
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise AssertionError(f"WebSocket to {ws_url} failed: {exc!r}") from exc
+    print(f"check: OK: WebSocket handshake (subprotocol xmpp, Origin {origin}) and XMPP stream "
+          f"open through bosh-cm at {ws_url}", flush=True)
+
+
 def main() -> int:
     args = parse_args()
     for name, port in (("bosh-cm", args.bosh_port), ("demo page", args.page_port)):
@@ -236,13 +289,17 @@ def main() -> int:
         boshcm = BoshCm(config)
         boshcm.start()
         bosh_url = boshcm.url or f"http://{args.host}:{args.bosh_port}/http-bind"
+        ws_host = f"[{args.host}]" if ":" in args.host else args.host
+        ws_url = f"ws://{ws_host}:{args.bosh_port}{WS_PATH}"
         # Listening on all addresses: chat.js puts the page's own hostname in place of 0.0.0.0.
-        page = demo_server.start(args.host, args.page_port, bosh_url=bosh_url,
+        page = demo_server.start(args.host, args.page_port, bosh_url=bosh_url, ws_url=ws_url,
                                  accounts=[(f"{u}@{DOMAIN}", pw) for u, pw in ACCOUNTS])
 
         page_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.page_port}/"
         if args.check:
+            local = "127.0.0.1" if args.host in ("0.0.0.0", "::") else ws_host
             smoke_check(page_url, boshcm.url or f"http://127.0.0.1:{args.bosh_port}/http-bind")
+            ws_smoke_check(page_url, f"ws://{local}:{args.bosh_port}{WS_PATH}")
             return 0
 
         (a, apw), (b, bpw) = ACCOUNTS
@@ -250,16 +307,19 @@ def main() -> int:
 ==========================================================================
  bosh-cm demo is running.
 
-   Chat page:  {page_url}
-   BOSH URL:   {boshcm.url}   (bosh-cm)
-   XMPP:       Prosody on {prosody.host}:{prosody.c2s_port}, domain {DOMAIN}
+   Chat page:      {page_url}
+   BOSH URL:       {boshcm.url}   (bosh-cm)
+   WebSocket URL:  {ws_url}   (bosh-cm, RFC 7395)
+   XMPP:           Prosody on {prosody.host}:{prosody.c2s_port}, domain {DOMAIN}
 
  1. Open {page_url}?as={a} and press Connect
     (or log in by hand as {a}@{DOMAIN} / {apw}).
+    Pick BOSH or WebSocket on the page, or open {page_url}?as={a}&transport=websocket
  2. Open a second tab (or a private window) at {page_url}?as={b}
     ({b}@{DOMAIN} / {bpw}) and press Connect.
  3. Send a message to {b}@{DOMAIN} from the first tab; it shows up in the second.
-    Reload a tab: it re-attaches to its BOSH session.
+    Reload a tab: over BOSH it re-attaches to its session; over WebSocket, Connect
+    resumes it (XEP-0198).
 
  Any XMPP client can log in too (Prosody above; TLS cert is self-signed).
  Press Ctrl-C to stop everything.
