@@ -78,7 +78,7 @@ class Limits:
     max_inactivity: int = 60
     max_hold: int = 1
     polling: int = 2
-    max_pause: int = 0                                  # 0: pausing not offered (§10)
+    max_pause: int = 120                                # 0: pausing not offered (§10)
     routes: frozenset[tuple[str, int]] = frozenset()   # allow-listed 'route' targets
     max_repeats: int = 10                               # resends of one rid (§14.3 MAY cap)
     max_queued_bytes: int = 1_048_576                   # upstream reading pauses above this

@@ -116,3 +116,20 @@ def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
 def test_nan_is_out_of_range(tmp_path: Path, text: str) -> None:
     message = error_for(tmp_path, text)
     assert "allowed" in message
+
+
+def test_one_default_per_setting_core_limits_agree_with_the_config() -> None:
+    """Issue 11: a setting has one default; the core's Limits/WsLimits carry the config's."""
+    import dataclasses
+
+    from bosh import config
+    from bosh.session import Limits
+    from bosh.ws_session import WsLimits
+
+    bosh_defaults = config.BoshConfig()
+    for f in dataclasses.fields(Limits):
+        if hasattr(bosh_defaults, f.name):
+            assert f.default == getattr(bosh_defaults, f.name), f.name
+    ws = WsLimits()
+    assert ws.max_message_bytes == bosh_defaults.max_stanza_bytes
+    assert ws.ping_interval == config.WebSocketConfig().ping_interval
