@@ -19,7 +19,7 @@ from bosh.events import EndCondition, SessionEnded
 from bosh.hub import Hub, HubSession, UpstreamLink
 from bosh.limits import ClientLimits
 from bosh.metrics import Metrics
-from bosh.ports import StreamInfo
+from bosh.ports import StreamInfo, Timer
 from bosh.registry import Registry
 from bosh.xmltext import escape_text
 from bosh.session import DEFAULT_CONTENT, Event, Limits, Respond, Session, Terms, negotiate
@@ -92,9 +92,10 @@ class Manager:
         """
         m = self.metrics
         m.requests.inc()
-        started = asyncio.get_running_loop().time()
+        clock = self.hub.clock
+        started = clock.time()
         reply = await self._handle(data, is_closing, client_ip, secure)  # cancelled: client went away
-        m.response_latency.observe(asyncio.get_running_loop().time() - started)
+        m.response_latency.observe(clock.time() - started)
         return reply
 
     def error(self, condition: Condition, legacy: bool = False) -> Reply:
@@ -150,7 +151,7 @@ class Manager:
             self.metrics.errors.labels(Condition.SEE_OTHER_URI.value).inc()
             uri = b"<uri>" + escape_text(hub.see_other_uri).encode() + b"</uri>"
             return Reply(200, wire.render_terminate(Condition.SEE_OTHER_URI, (uri,)))
-        now = asyncio.get_running_loop().time()
+        now = hub.clock.time()
         try:
             terms = negotiate(body, self.limits, hub.domains)
         except BoshError as exc:
@@ -192,7 +193,7 @@ class SessionDriver(UpstreamLink):
         # Keyed by the request token the core sees (an int from Manager.next_request_id).
         self._futures: dict[Hashable, asyncio.Future[Reply]] = {}
         self._closing: dict[Hashable, IsClosing] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at: float | None = None
 
     @property
@@ -203,7 +204,7 @@ class SessionDriver(UpstreamLink):
 
     async def create(self, terms: Terms, is_closing: IsClosing) -> Reply:
         req, fut = self._new_request(is_closing)
-        self.session = Session(self.sid, terms, req, self._loop.time())
+        self.session = Session(self.sid, terms, req, self._clock.time())
         log.info("session %s created for %s from %s (bosh, wait %d, hold %d)", self.sid,
                  terms.stream.to, self.client_ip, terms.wait, terms.hold)
         try:
@@ -282,7 +283,7 @@ class SessionDriver(UpstreamLink):
         session = self.session
         if session is None:
             return
-        now = self._loop.time()
+        now = self._clock.time()
         self._reap_dead(session, now)
         try:
             events = fn(session, now)
@@ -349,7 +350,7 @@ class SessionDriver(UpstreamLink):
             return
         self._cancel_timer()
         if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self._clock.call_at(deadline, self._on_timer)
             self._timer_at = deadline
 
     def _cancel_timer(self) -> None:

@@ -19,7 +19,7 @@ from bosh.errors import BoshError, Condition
 from bosh.events import CloseUpstream, EndCondition, FlowControl, OpenUpstream, RestartUpstream, SendUpstream
 from bosh.limits import ClientLimits, PerIpLimitHit
 from bosh.metrics import Metrics
-from bosh.ports import StreamInfo, Upstream, UpstreamFactory
+from bosh.ports import Clock, StreamInfo, Upstream, UpstreamFactory
 from bosh.registry import Registry
 
 __all__ = ["Hub", "HubSession", "UpstreamLink", "TRANSPORTS"]
@@ -60,7 +60,9 @@ class Hub:
     def __init__(self, domains: Sequence[str], max_sessions: int, upstreams: UpstreamFactory, *,
                  client_limits: ClientLimits | None = None, max_stanza_bytes: int = 0,
                  metrics: Metrics | None = None, see_other_uri: str = "",
-                 node_id: str = "") -> None:
+                 node_id: str = "", clock: Clock | None = None) -> None:
+        #: The drivers' time and timers (design.md §3: the cores get ``now`` from here).
+        self.clock: Clock = clock if clock is not None else asyncio.get_running_loop()
         self.domains = frozenset(d.lower() for d in domains)
         self.upstreams = upstreams
         self.node_id = node_id
@@ -174,7 +176,8 @@ class UpstreamLink:
     bookkeeping in the hub. Subclasses are the per-transport drivers; they also serve as
     the upstream's ``bosh.ports.UpstreamListener``."""
 
-    __slots__ = ("hub", "sid", "client_ip", "upstream", "_loop", "_upstream_live", "_opened_at", "_forgotten")
+    __slots__ = ("hub", "sid", "client_ip", "upstream", "_loop", "_clock", "_upstream_live",
+                 "_opened_at", "_forgotten")
 
     transport: ClassVar[str]
 
@@ -183,7 +186,8 @@ class UpstreamLink:
         self.sid = sid
         self.client_ip = client_ip
         self.upstream: Upstream | None = None
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()  # futures only; time comes from the clock
+        self._clock = hub.clock
         self._upstream_live = False
         self._opened_at: float | None = None
         self._forgotten = False
@@ -196,7 +200,7 @@ class UpstreamLink:
             self.hub.metrics.flow(self.transport, "in").add(
                 len(ev.elements), sum(len(e.data) for e in ev.elements))
         elif isinstance(ev, OpenUpstream):
-            self._opened_at = self._loop.time()
+            self._opened_at = self._clock.time()
             self._upstream_live = True
             self.hub.metrics.upstreams_open.inc()
             self.upstream = self.hub.upstreams.open(ev.params, self)  # type: ignore[arg-type]
@@ -220,7 +224,7 @@ class UpstreamLink:
     def note_ready(self, info: StreamInfo) -> None:
         """Record the upstream's connect time once (``bosh_upstream_connect_seconds``)."""
         if self._opened_at is not None:
-            took = self._loop.time() - self._opened_at
+            took = self._clock.time() - self._opened_at
             self._opened_at = None
             self.hub.metrics.upstream_connect.observe(took)
             log.info("session %s upstream ready in %.3f s (%s)", self.sid, took, self.transport)

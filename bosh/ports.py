@@ -20,7 +20,7 @@ Payloads cross the boundary already serialized:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
 NS_XBOSH = "urn:xmpp:xbosh"
@@ -57,6 +57,22 @@ class StreamInfo:
     id: str | None
     version: str | None
     lang: str | None = None  # xml:lang of the server's header (RFC 6120 §4.7.4)
+
+
+class Timer(Protocol):
+    def cancel(self) -> None:
+        ...
+
+
+class Clock(Protocol):
+    """Where the drivers read the time and set their one timer per session. The running
+    asyncio loop is one (``time``, ``call_at``); tests turn a manual one by hand."""
+
+    def time(self) -> float:
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        ...
 
 
 class UpstreamListener(Protocol):

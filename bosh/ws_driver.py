@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 from bosh.errors import BoshError, Condition, StreamCondition
 from bosh.events import SessionEnded
 from bosh.hub import Hub, UpstreamLink
-from bosh.ports import StreamInfo
+from bosh.ports import StreamInfo, Timer
 from bosh.ws_session import CloseSocket, SendPing, SendText, WsEvent, WsLimits, WsSession
 
 __all__ = ["ClientSocket", "WsEndpoint", "WsDriver"]
@@ -64,7 +64,7 @@ class WsEndpoint:
         """A new WebSocket connection (after the upgrade). When the hub refuses it (draining,
         a limit), the session sends its stream error at once and ends (RFC 7395 §3.5)."""
         hub = self.hub
-        now = asyncio.get_running_loop().time()
+        now = hub.clock.time()
         refusal: StreamCondition | None = None
         sid = "-"
         if not hub.accepting:
@@ -103,7 +103,7 @@ class WsDriver(UpstreamLink):
         self.endpoint = endpoint
         self.socket = socket
         self.session = session
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at: float | None = None
         self._paused = False
 
@@ -170,7 +170,7 @@ class WsDriver(UpstreamLink):
 
     def call(self, fn: Callable[[WsSession, float], list[WsEvent]]) -> None:
         try:
-            self._execute(fn(self.session, self._loop.time()))
+            self._execute(fn(self.session, self._clock.time()))
         except Exception:  # a bug in the core or an adapter must not take others down
             log.exception("session %s: internal error", self.sid)
             self._crash()
@@ -221,7 +221,7 @@ class WsDriver(UpstreamLink):
             return
         self._cancel_timer()
         if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self._clock.call_at(deadline, self._on_timer)
             self._timer_at = deadline
 
     def _cancel_timer(self) -> None:

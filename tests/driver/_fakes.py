@@ -111,11 +111,48 @@ class FakeUpstreamFactory:
 
 def make_manager(limits: Limits, domains: Sequence[str], max_sessions: int,
                  upstreams: object, **hub_options: object) -> "Manager":
+    """``clock=ManualClock()`` among ``hub_options`` turns time by hand."""
     """The BOSH endpoint on a fresh hub (what ``bosh.__main__.build_manager`` builds)."""
     from bosh.driver import Manager
 
     hub = Hub(domains, max_sessions, upstreams, **hub_options)  # type: ignore[arg-type]
     return Manager(limits, hub)
+
+
+class ManualClock:
+    """A ``bosh.ports.Clock`` the test turns by hand (Twisted's ``task.Clock``, design.md §8
+    rule 7): ``advance(dt)`` runs every timer that falls due, in order."""
+
+    class _Timer:
+        def __init__(self, clock: "ManualClock", when: float, callback: Callable[[], object]) -> None:
+            self.when, self.callback, self.cancelled = when, callback, False
+            clock._timers.append(self)
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self._timers: list[ManualClock._Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> "ManualClock._Timer":
+        return ManualClock._Timer(self, when, callback)
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while True:
+            due = [t for t in self._timers if not t.cancelled and t.when <= target]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.when)
+            self._timers.remove(timer)
+            self.now = max(self.now, timer.when)
+            timer.callback()
+        self.now = target
+        self._timers = [t for t in self._timers if not t.cancelled]
 
 
 class Closing:

@@ -225,8 +225,10 @@ def test_defaults_trust_loopback_proxies_and_leave_room_behind_one_address() -> 
 def test_per_ip_refusals_warn_once_per_address_per_minute(caplog: pytest.LogCaptureFixture) -> None:
     from bosh.hub import Hub
 
+    from tests.driver._fakes import ManualClock
+
     hub = Hub(["example.com"], 100, EchoFactory(),  # type: ignore[arg-type]
-              client_limits=ClientLimits(PerIpPolicy(max_sessions_per_ip=1)))
+              client_limits=ClientLimits(PerIpPolicy(max_sessions_per_ip=1)), clock=ManualClock())
     hub.admit("192.0.2.1", 10.0)
     with caplog.at_level("DEBUG", logger="bosh.hub"):
         for now in (11.0, 12.0, 69.0, 71.0):
