@@ -41,6 +41,8 @@ class Reply:
 
 # The answer that is no answer: close the connection (XEP-0124 §19.1, checklist #128).
 DROP = Reply(0, b"")
+# A draining cluster node's answer to a creation request: the balancer retries elsewhere.
+DRAINING = Reply(503, b"draining: retry on another node\n", "text/plain; charset=utf-8")
 
 
 def error_reply(condition: Condition, legacy: bool = False) -> Reply:
@@ -145,6 +147,11 @@ class Manager:
         legacy = body.get("ver") is None
         hub = self.hub
         if not hub.accepting:
+            if hub.node_id:
+                # A draining cluster node (issue 9): HTTP 503 before anything is created, so
+                # that HAProxy retries the creation on another node (retry-on 503) and the
+                # client never sees it. Standalone, the client is told: system-shutdown.
+                return DRAINING
             return self.error(Condition.SYSTEM_SHUTDOWN)
         if hub.see_other_uri:
             # §17.2 see-other-uri: the operator sends new sessions elsewhere (draining).

@@ -26,7 +26,9 @@ over the same nodes:
 A connection refused (a node that just died, before two failed checks mark it down) and a
 request whose server closed without an answer (it died holding the request) are retried on
 another node (``retry-on conn-failure empty-response``, ``option redispatch 1``): the client
-gets ``item-not-found`` rather than a 502/503, which Strophe would retry for about 100 s.
+gets ``item-not-found`` rather than a 502/503, which Strophe would retry for about 100 s. So is
+a creation request or WebSocket upgrade that reached a node which has begun draining before
+its health check failed: the node answers 503 before creating anything (``retry-on ... 503``).
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ def render_haproxy_cfg(nodes: Sequence[HaproxyNode], *, host: str, port: int,
         "    option forwardfor",
         "    option redispatch 1",
         "    retries 3",
-        "    retry-on conn-failure empty-response",
+        "    retry-on conn-failure empty-response 503",
         "    timeout connect 2s",
         f"    timeout client {hold}s",
         f"    timeout server {hold}s",

@@ -182,6 +182,10 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
         log.info("websocket from %s refused: Origin %r not allowed", client_ip, origin)
         endpoint.hub.metrics.limit_hits.labels("ws_origin").inc()
         return web.Response(status=403, text="Origin not allowed\n", headers=headers)
+    hub = endpoint.hub
+    if not hub.accepting and hub.node_id:
+        # A draining cluster node (issue 9): before the upgrade, so HAProxy retries elsewhere.
+        return web.Response(status=503, text="draining: retry on another node\n", headers=headers)
     # autoping off: pongs reach the session (two missed ones close the socket).
     ws = _XmppWebSocket(protocols=(SUBPROTOCOL,), autoping=False, compress=cfg.compress,
                         max_msg_size=endpoint.max_message_bytes, decode_text=False)

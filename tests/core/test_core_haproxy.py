@@ -130,7 +130,7 @@ def test_timeouts_exceed_max_wait_and_refused_connections_are_retried_elsewhere(
     assert seconds["client"] > 45 and seconds["server"] > 45 and seconds["http-keep-alive"] > 45
     assert seconds["tunnel"] >= 3600
     for line in ("option forwardfor", "option redispatch 1", "retries 3",
-                 "retry-on conn-failure empty-response", "mode http"):
+                 "retry-on conn-failure empty-response 503", "mode http"):
         assert line in defaults
 
 

@@ -195,3 +195,33 @@ async def test_fuzzed_frames_never_crash_and_leave_other_sessions_alone(
     await bystander.send_str("<message><body>still here</body></message>")
     assert "still here" in await recv(bystander)
     await bystander.close()
+
+
+async def test_a_draining_cluster_node_answers_new_sessions_503_so_the_balancer_retries() -> None:
+    """Issue 9: between the start of a node's drain and its failed /readyz check, a creation
+    request or a WebSocket upgrade gets HTTP 503 before anything is created (HAProxy's
+    retry-on 503 sends it to another node); a standalone process still says system-shutdown."""
+    from tests.driver._fakes import create_body
+
+    for node_id, expect in (("n1", 503), ("", 200)):
+        factory = EchoFactory()
+        hub = Hub(["example.com"], 100, factory, node_id=node_id)
+        manager = Manager(TEST_LIMITS, hub)
+        ws = WsEndpoint(hub, WsLimits(ping_interval=0))
+        client = TestClient(TestServer(make_app(manager, HttpConfig(path=PATH), websocket=ws,
+                                                ws_config=WebSocketConfig())))
+        await client.start_server()
+        try:
+            await hub.drain(timeout=0)
+            resp = await client.post(PATH, data=create_body())
+            body = await resp.read()
+            assert resp.status == expect, body
+            if expect == 200:
+                assert b"system-shutdown" in body
+            if node_id:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                    await client.ws_connect(WS_PATH, protocols=("xmpp",))
+                assert info.value.status == 503
+            assert factory.opened == [] and len(hub.registry) == 0
+        finally:
+            await client.close()
