@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "conformance"  # noqa: A001
 
-from conformance.core import CHECKS, Ctx, run_checks  # noqa: E402
+from conformance.core import CHECKS, Ctx, run_checks  # noqa: E402 - also registers the checks
 from conformance.rawhttp import Target  # noqa: E402
 
 def _parse_only(value: str | None) -> set[int] | None:
@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="list the checks and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = p.parse_args(argv)
-
-    from conformance import checks  # noqa: F401
 
     if args.list:
         for n, c in sorted(CHECKS.items()):

@@ -21,7 +21,7 @@ from lxml import etree
 from .rawhttp import Conn, HttpError, HttpResponse, request
 
 if TYPE_CHECKING:
-    from .core import Ctx
+    from .scope import Ctx
 
 NS = "http://jabber.org/protocol/httpbind"
 XB = "urn:xmpp:xbosh"

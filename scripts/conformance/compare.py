@@ -23,7 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
+from conformance.report import render  # noqa: E402
 from tests.support.boshcm import BoshCM  # noqa: E402
 from tests.support.prosody import ProsodyServer  # noqa: E402
 
@@ -111,8 +113,6 @@ def main() -> int:
             Path(args.markdown).write_text(md)
         print(md)
         if args.doc:
-            sys.path.insert(0, str(ROOT / "scripts"))
-            from conformance.report import render
             here = " ".join(["python", "scripts/conformance/compare.py", *sys.argv[1:]])
             cmd = (f"{here}\n\n    # which ran, against each URL:\n    {a['command']}\n    {b['command']}")
             Path(args.doc).write_text(render(a, b, cmd))
