@@ -3,7 +3,8 @@
 Signals: SIGTERM/SIGINT drain and exit 0 (new sessions refused, every held request answered
 with system-shutdown, every upstream stream closed with ``</stream:stream>``, within
 ``[http] shutdown_grace``); SIGHUP re-reads the config file and applies ``[log]``, ``[bosh]``
-and ``[upstream] domains`` without dropping sessions (README, "Operations").
+and ``[upstream] domains`` without dropping sessions (README, "Operations"), and re-reads
+the ``[prebind] api_keys_file`` when prebind is enabled (README, "Prebind").
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from bosh.hub import Hub
 from bosh.limits import ClientLimits, PerIpPolicy
 from bosh.metrics import Metrics
 from bosh.ports import UpstreamFactory
+from bosh.prebind import Prebinder, PrebindService, plain_allowed
+from bosh.prebind_keys import ApiKeys, load_keys, permission_warning
 from bosh.session import Limits
 from bosh.web import make_app, make_runner
 from bosh.wire import parse_route
@@ -75,6 +78,15 @@ def build_ws_endpoint(cfg: config_mod.Config, hub: Hub) -> WsEndpoint:
     limits = WsLimits(max_message_bytes=cfg.bosh.max_stanza_bytes,
                       ping_interval=cfg.websocket.ping_interval)
     return WsEndpoint(hub, limits, max_queued_bytes=cfg.bosh.max_queued_bytes)
+
+
+def build_prebind(cfg: config_mod.Config, manager: Manager, keys: ApiKeys) -> PrebindService:
+    """The prebind API (issue 10) on the BOSH endpoint: PLAIN only when the upstream path
+    is encrypted or loopback."""
+    p = cfg.prebind
+    prebinder = Prebinder(manager, plain_allowed=plain_allowed(cfg.upstream), timeout=p.timeout)
+    return PrebindService(prebinder, keys, keys_file=p.api_keys_file,
+                          per_key_per_minute=p.per_key_per_minute, path=p.path)
 
 
 def untrusted_proxy_warning(cfg: config_mod.Config) -> str | None:
@@ -137,7 +149,8 @@ def reload_config(manager: Manager, current: config_mod.Config, path: str | None
     live_upstream = dataclasses.replace(current.upstream, domains=new.upstream.domains)
     for section, running in (("http", current.http), ("upstream", live_upstream),
                              ("server", current.server), ("websocket", current.websocket),
-                             ("discovery", current.discovery), ("cluster", current.cluster)):
+                             ("discovery", current.discovery), ("cluster", current.cluster),
+                             ("prebind", current.prebind)):
         if getattr(new, section) != running:
             log.warning("SIGHUP: [%s] changed; it takes effect only after a restart", section)
     # WARNING so that the notice survives a new, quieter level.
@@ -160,8 +173,19 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
         log.warning("%s", warning)
     manager = build_manager(cfg)
     websocket = build_ws_endpoint(cfg, manager.hub) if cfg.websocket.enabled else None
+    prebind = None
+    if cfg.prebind.enabled:
+        try:
+            keys = load_keys(cfg.prebind.api_keys_file)
+        except ConfigError as exc:  # main() checked it; the file changed since
+            log.error("config error: %s: %s", config_path, exc)
+            return 2
+        warning = permission_warning(cfg.prebind.api_keys_file)
+        if warning is not None:
+            log.warning("%s", warning)
+        prebind = build_prebind(cfg, manager, keys)
     app = make_app(manager, cfg.http, websocket=websocket, ws_config=cfg.websocket,
-                   discovery_config=cfg.discovery)
+                   discovery_config=cfg.discovery, prebind=prebind)
     runner = make_runner(app, cfg.http.shutdown_grace)
     await runner.setup()
     site = web.TCPSite(runner, cfg.http.host, cfg.http.port, ssl_context=tls)
@@ -179,6 +203,8 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
 
     def on_hup() -> None:
         live[0] = reload_config(manager, live[0], config_path)
+        if prebind is not None:
+            prebind.reload_keys()  # revoked keys stop working without a restart
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     # Announced only once the signal handlers are in place (launchers wait for this line).
@@ -188,6 +214,9 @@ async def serve(cfg: config_mod.Config, config_path: str | None = None) -> int:
     if websocket is not None:
         log.info("websocket on %s://%s:%d%s", "wss" if tls is not None else "ws", host,
                  cfg.http.port, cfg.websocket.path)
+    if prebind is not None:
+        log.info("prebind API on %s://%s:%d%s (%d key(s); keep it off the public proxy)",
+                 scheme, host, cfg.http.port, cfg.prebind.path, len(prebind.keys))
     await stop.wait()
     started = loop.time()
     hub = manager.hub
@@ -228,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bosh-cm: config error: {exc}", file=sys.stderr)
         return 2
+    if cfg.prebind.enabled:
+        try:
+            load_keys(cfg.prebind.api_keys_file)  # refused at start-up: missing or empty
+        except ConfigError as exc:
+            print(f"bosh-cm: config error: {args.config}: {exc}", file=sys.stderr)
+            return 2
     if cfg.server.event_loop == "uvloop":
         try:
             import uvloop

@@ -86,6 +86,9 @@ class UpstreamConfig:
         default=10.0, metadata=_meta("seconds to connect and open the stream", 0.1, 300))
     keepalive: float = field(
         default=60.0, metadata=_meta("seconds between whitespace keepalives upstream; 0 = off", 0, 3600))
+    proxy_protocol: str = field(default="off", metadata=_meta(
+        "send HAProxy's PROXY protocol header (v1 text, v2 binary) with the client's address "
+        "first on each upstream connection; the server must expect it", choices=("off", "v1", "v2")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,20 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrebindConfig:
+    enabled: bool = field(default=False, metadata=_meta(
+        "serve the prebind API: bosh-cm logs a user in with their password and hands back "
+        "a live BOSH session (README, \"Prebind\")"))
+    path: str = field(default="/prebind", metadata=_meta("prebind API path, starts with '/'"))
+    api_keys_file: str = field(default="", metadata=_meta(
+        "file with one API key per line (Authorization: Bearer KEY); re-read on SIGHUP"))
+    per_key_per_minute: int = field(default=60, metadata=_meta(
+        "prebind requests per API key in any 60 s; 0 = unlimited", 0, 1_000_000))
+    timeout: float = field(default=20.0, metadata=_meta(
+        "seconds for one whole login (connect, SASL, bind) before 504", 1, 300))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = HttpConfig()
     bosh: BoshConfig = BoshConfig()
@@ -141,6 +158,7 @@ class Config:
     websocket: WebSocketConfig = WebSocketConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     cluster: ClusterConfig = ClusterConfig()
+    prebind: PrebindConfig = PrebindConfig()
 
 
 def _type_name(tp: Any) -> str:
@@ -238,6 +256,20 @@ def _check_consistency(cfg: Config, source: str) -> None:
         if parse_route(route) is None:
             raise ConfigError(f"{source}: [upstream] routes: {route!r} is not allowed; "
                               "allowed: \"proto:host:port\", e.g. \"xmpp:chat.example.org:5222\"")
+    _check_prebind(cfg, source)
+
+
+def _check_prebind(cfg: Config, source: str) -> None:
+    p = cfg.prebind
+    taken = (cfg.http.path, "/healthz", "/readyz", "/metrics") + (
+        (cfg.websocket.path,) if cfg.websocket.enabled else ())
+    if not p.path.startswith("/") or p.enabled and (p.path in taken
+                                                    or p.path.startswith("/.well-known/")):
+        raise ConfigError(f"{source}: [prebind] path: {p.path!r} is not allowed; allowed: a path "
+                          "starting with '/' that no other endpoint uses, e.g. \"/prebind\"")
+    if p.enabled and not p.api_keys_file:
+        raise ConfigError(f"{source}: [prebind] api_keys_file: must name a file of API keys "
+                          "when [prebind] enabled = true, e.g. \"/etc/bosh-cm/prebind.keys\"")
 
 
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")

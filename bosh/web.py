@@ -24,6 +24,7 @@ from bosh.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from bosh.session import CODINGS
 
 if TYPE_CHECKING:
+    from bosh.prebind import PrebindService
     from bosh.ws_driver import WsEndpoint
 
 log = logging.getLogger("bosh.web")
@@ -242,9 +243,11 @@ async def handle_options(request: web.Request) -> web.Response:
 
 def make_app(manager: Manager, cfg: HttpConfig, *, websocket: "WsEndpoint | None" = None,
              ws_config: WebSocketConfig | None = None,
-             discovery_config: DiscoveryConfig | None = None) -> web.Application:
+             discovery_config: DiscoveryConfig | None = None,
+             prebind: "PrebindService | None" = None) -> web.Application:
     """One listener for every transport: BOSH at ``cfg.path``, WebSocket (when ``websocket``
-    is given) at ``ws_config.path``, discovery and the operations endpoints."""
+    is given) at ``ws_config.path``, the prebind API (when ``prebind`` is given) at its
+    path, discovery and the operations endpoints."""
     app = web.Application(client_max_size=cfg.max_body_bytes)
     app[MANAGER_KEY] = manager
     app[CONFIG_KEY] = cfg
@@ -259,6 +262,10 @@ def make_app(manager: Manager, cfg: HttpConfig, *, websocket: "WsEndpoint | None
         # [] = the BOSH CORS origins: one list of trusted pages for both transports.
         app[ws_web.ALLOWED_ORIGINS_KEY] = wcfg.origins or cfg.cors_origins
         app.router.add_get(wcfg.path, ws_web.handle_websocket)
+    if prebind is not None:
+        from bosh import prebind_web
+
+        prebind_web.add_routes(app, prebind)
     app.router.add_get(HOST_META_PATH, handle_host_meta)
     app.router.add_get(HOST_META_JSON_PATH, handle_host_meta)
     app.router.add_get(HEALTHZ_PATH, handle_healthz)
