@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ("errors", "wire", "session", "registry", "config", "ports", "limits", "xmlsafe", "events",
-        "ws_session", "discovery", "xmltext")
-DRIVERS = ("driver", "hub", "ws_driver")  # asyncio glue, no aiohttp
+        "ws_session", "discovery", "xmltext", "sasl", "prebind_keys", "haproxy")
+DRIVERS = ("driver", "hub", "ws_driver", "prebind")  # asyncio glue, no aiohttp
 BRIDGE_MAY_USE = {"bosh.ports", "bosh.errors", "bosh.config", "bosh.xmltext"}
 
 
