@@ -12,6 +12,7 @@ endpoint; it gets limits, metrics, shutdown and reload from here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Callable, ClassVar, Protocol, Sequence
 
@@ -203,7 +204,10 @@ class UpstreamLink:
             self._opened_at = self._clock.time()
             self._upstream_live = True
             self.hub.metrics.upstreams_open.inc()
-            self.upstream = self.hub.upstreams.open(ev.params, self)  # type: ignore[arg-type]
+            # The cores know no addresses: the client's goes into the PROXY protocol
+            # header, when [upstream] proxy_protocol asks for one.
+            params = dataclasses.replace(ev.params, client_ip=self.client_ip)
+            self.upstream = self.hub.upstreams.open(params, self)  # type: ignore[arg-type]
         elif isinstance(ev, RestartUpstream):
             if self.upstream is not None:
                 self.upstream.restart(ev.params)

@@ -47,6 +47,10 @@ class StreamParams:
     from_: str | None = None
     version: str = "1.0"
     route: tuple[str, int] | None = None  # (host, port) from an allow-listed 'route'
+    #: The client's address as bosh-cm believes it (the peer, or X-Forwarded-For from a
+    #: trusted proxy), for the upstream's PROXY protocol header; the driver fills it in
+    #: when it opens the upstream (the cores do not know addresses). None: unknown.
+    client_ip: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,21 @@ Everything heavy is lazy: a session-scoped fixture starts only when a test asks 
                      :class:`XmppPeer` over TCP, closed after the test.
 * ``prosody_factory`` factory for dedicated servers (``prosody_factory(users=USERS)``), stopped
                      after the test (for tests that kill their server).
+
+A second real upstream, ejabberd (tests/support/ejabberd.py), runs the tests marked
+``every_upstream`` (login, messaging, stream errors, upstream death, WebSocket login; the
+conformance module parametrises itself the same way):
+
+* ``upstream_kind``  'prosody' or 'ejabberd'. Marked tests are parametrised over ``UPSTREAMS``
+                     (comma list; default ``prosody,ejabberd``); unmarked tests get 'prosody'.
+                     ``endpoint``/``ws_endpoint`` then point at bosh-cm in front of that server
+                     (Prosody's own mod_bosh/mod_websocket reference runs with Prosody only).
+* ``ejabberd``       session: a started :class:`EjabberdServer` with the :data:`USERS`.
+                     Missing ejabberd -> fail when CI=true, else skip.
+* ``boshcm_ejabberd`` session: a :class:`BoshCM` in front of ``ejabberd``.
+* ``xmpp_server``    the session server of ``upstream_kind``.
+* ``xmpp_server_factory`` dedicated servers of ``upstream_kind`` (``xmpp_server_factory()``, with
+                     the :data:`USERS`), stopped after the test.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -33,7 +48,10 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `pytest` run without `python -m`: make `tests.support` importable
     sys.path.insert(0, str(_ROOT))
 
+from tests.support.ejabberd import EjabberdServer  # noqa: E402
 from tests.support.prosody import USERS, ProsodyServer, prosody_available  # noqa: E402
+from tests.support.upstreams import (XmppServer, make_server, require_upstream,  # noqa: E402
+                                     upstream_names)
 
 # label -> a started ProsodyServer/BoshCM; their logs are attached to failing test reports
 _LIVE: dict[str, object] = {}
@@ -87,6 +105,64 @@ def prosody_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
 
 
 @pytest.fixture(scope="session")
+def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EjabberdServer]:
+    require_upstream("ejabberd")
+    server = make_server("ejabberd", tmp_path_factory.mktemp("ejabberd"), USERS)
+    assert isinstance(server, EjabberdServer)
+    _LIVE["ejabberd"] = server
+    try:
+        yield server
+    finally:
+        _LIVE.pop("ejabberd", None)
+        server.stop()
+
+
+@pytest.fixture
+def upstream_kind(request: pytest.FixtureRequest) -> str:
+    """The upstream server of this test: the ``every_upstream`` parameter, else Prosody."""
+    return str(getattr(request, "param", "prosody"))
+
+
+@pytest.fixture
+def xmpp_server(request: pytest.FixtureRequest, upstream_kind: str) -> XmppServer:
+    server: XmppServer = request.getfixturevalue(upstream_kind)
+    return server
+
+
+@pytest.fixture
+def xmpp_server_factory(upstream_kind: str, tmp_path_factory: pytest.TempPathFactory
+                        ) -> Iterator[Callable[..., XmppServer]]:
+    require_upstream(upstream_kind)
+    made: list[XmppServer] = []
+
+    def factory(users: dict[str, str] | None = None) -> XmppServer:
+        server = make_server(upstream_kind, tmp_path_factory.mktemp(f"{upstream_kind}-own"),
+                             USERS if users is None else users)
+        made.append(server)
+        _LIVE[f"{upstream_kind}-own-{len(made)}"] = server
+        return server
+
+    yield factory
+    for i, server in enumerate(made, 1):
+        _LIVE.pop(f"{upstream_kind}-own-{i}", None)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def boshcm_ejabberd(ejabberd: EjabberdServer, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.support.boshcm import BoshCM
+
+    cm = BoshCM(tmp_path_factory.mktemp("boshcm-ejabberd"), ejabberd)
+    _LIVE["bosh-cm-ejabberd"] = cm
+    cm.start()
+    try:
+        yield cm
+    finally:
+        _LIVE.pop("bosh-cm-ejabberd", None)
+        cm.stop()
+
+
+@pytest.fixture(scope="session")
 def boshcm(prosody: ProsodyServer, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from tests.support.boshcm import BoshCM
 
@@ -107,7 +183,7 @@ def boshcm_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
 
     made: list[BoshCM] = []
 
-    def factory(server: ProsodyServer | None, **kw: object) -> BoshCM:
+    def factory(server: XmppServer | None, **kw: object) -> BoshCM:
         cm = BoshCM(tmp_path_factory.mktemp("boshcm-own"), server, **kw)  # type: ignore[arg-type]
         made.append(cm)
         _LIVE[f"bosh-cm-own-{len(made)}"] = cm
@@ -122,16 +198,22 @@ def boshcm_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A BOSH endpoint under test: ``name`` is 'boshcm' or 'prosody' (the reference)."""
+    """A BOSH endpoint under test: ``name`` is 'boshcm' or 'prosody' (the reference);
+    ``server`` is the upstream XMPP server behind it (Prosody or ejabberd)."""
 
     name: str
     url: str
     domain: str
-    prosody: ProsodyServer
+    server: XmppServer
 
     @property
     def is_reference(self) -> bool:
         return self.name == "prosody"
+
+    @property
+    def prosody(self) -> XmppServer:
+        """The upstream server (named before ejabberd joined; :attr:`server`)."""
+        return self.server
 
 
 def _endpoint_names() -> list[str]:
@@ -143,18 +225,37 @@ def _endpoint_names() -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "endpoint" in metafunc.fixturenames:
-        metafunc.parametrize("endpoint", _endpoint_names(), indirect=True)
-    if "ws_endpoint" in metafunc.fixturenames:
-        metafunc.parametrize("ws_endpoint", _endpoint_names(), indirect=True)
+    kinds = (upstream_names() if metafunc.definition.get_closest_marker("every_upstream")
+             and "upstream_kind" in metafunc.fixturenames else None)
+    for name in ("endpoint", "ws_endpoint"):
+        if name not in metafunc.fixturenames:
+            continue
+        if kinds is None:
+            metafunc.parametrize(name, _endpoint_names(), indirect=True)
+            continue
+        # bosh-cm in front of each server; Prosody's own endpoint (the reference) only
+        # in front of itself.
+        combos = [(e, k) for k in kinds for e in _endpoint_names() if e == "boshcm" or k == "prosody"]
+        metafunc.parametrize((name, "upstream_kind"), combos, indirect=True,
+                             ids=[f"boshcm-{k}" if e == "boshcm" else e for e, k in combos])
+        kinds = None  # parametrised
+    if kinds is not None:
+        metafunc.parametrize("upstream_kind", kinds, indirect=True)
+
+
+def _boshcm_for(request: pytest.FixtureRequest, kind: str) -> Any:
+    """The session bosh-cm in front of the session server of ``kind``."""
+    return request.getfixturevalue("boshcm" if kind == "prosody" else "boshcm_ejabberd")
 
 
 @pytest.fixture
-def endpoint(request: pytest.FixtureRequest, prosody: ProsodyServer) -> Endpoint:
+def endpoint(request: pytest.FixtureRequest, upstream_kind: str) -> Endpoint:
     if request.param == "prosody":
+        prosody: ProsodyServer = request.getfixturevalue("prosody")
         return Endpoint("prosody", prosody.bosh_url, prosody.domain, prosody)
-    cm = request.getfixturevalue("boshcm")
-    return Endpoint("boshcm", cm.url, prosody.domain, prosody)
+    server: XmppServer = request.getfixturevalue(upstream_kind)
+    cm = _boshcm_for(request, upstream_kind)
+    return Endpoint("boshcm", cm.url, server.domain, server)
 
 
 @pytest.fixture
@@ -174,11 +275,13 @@ async def bosh_client() -> AsyncIterator[Callable[..., Awaitable[object]]]:
 
 
 @pytest.fixture
-def ws_endpoint(request: pytest.FixtureRequest, prosody: ProsodyServer) -> Endpoint:
+def ws_endpoint(request: pytest.FixtureRequest, upstream_kind: str) -> Endpoint:
     if request.param == "prosody":
+        prosody: ProsodyServer = request.getfixturevalue("prosody")
         return Endpoint("prosody", prosody.ws_url, prosody.domain, prosody)
-    cm = request.getfixturevalue("boshcm")
-    return Endpoint("boshcm", cm.ws_url, prosody.domain, prosody)
+    server: XmppServer = request.getfixturevalue(upstream_kind)
+    cm = _boshcm_for(request, upstream_kind)
+    return Endpoint("boshcm", cm.ws_url, server.domain, server)
 
 
 @pytest.fixture
@@ -205,7 +308,7 @@ async def xmpp_peer() -> AsyncIterator[Callable[..., Awaitable[object]]]:
 
     made: list[XmppPeer] = []
 
-    async def factory(server: ProsodyServer, user: str, resource: str = "tcp") -> XmppPeer:
+    async def factory(server: XmppServer, user: str, resource: str = "tcp") -> XmppPeer:
         peer = await XmppPeer.connect_to(server, user, USERS[user], resource)
         made.append(peer)
         return peer

@@ -6,6 +6,8 @@ is a thin subclass of the bare :class:`slixmpp.xmlstream.XMLStream` (design.md s
 
 What this layer does itself:
 
+* writes the PROXY protocol header with the client's address first, when configured
+  (:mod:`xmpp_bridge.proxy_protocol`);
 * writes our stream header (RFC 6120 §4.7) and captures every server header;
 * STARTTLS on the hop to the server (RFC 6120 §5.4), with one shared ``SSLContext``;
 * parses top-level elements and hands the ones parsed from one ``data_received`` call to
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import re
 import ssl
 import threading
 import xml.etree.ElementTree as ET
@@ -32,9 +35,10 @@ from typing import Any, Mapping, Protocol, cast
 from slixmpp.xmlstream import XMLStream
 
 from bosh.ports import NS_CLIENT, NS_STREAM, StreamParams
+from xmpp_bridge.proxy_protocol import proxy_header
 from xmpp_bridge.xml import NS_TLS, escape_attr, is_features, is_stream_error, offers_starttls
 
-__all__ = ["StreamOwner", "BridgeStream", "build_stream_header", "STREAM_FOOTER"]
+__all__ = ["StreamOwner", "BridgeStream", "build_stream_header", "is_pre_xmpp_1_0", "STREAM_FOOTER"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,18 @@ _STREAM_TAG = f"{{{NS_STREAM}}}stream"
 _TLS_PROCEED = f"{{{NS_TLS}}}proceed"
 _TLS_FAILURE = f"{{{NS_TLS}}}failure"
 _KEEPALIVE_EVENT = "bosh-cm whitespace keepalive"
+_VERSION_RE = re.compile(r"([0-9]+)\.([0-9]+)")
+
+
+def is_pre_xmpp_1_0(version: str | None) -> bool:
+    """Does a server header with this ``version`` mean a pre-1.0 stream (no features)?
+
+    RFC 6120 §4.7.5: no 'version' is treated as "0.9"; major and minor are integers compared
+    separately ("1.10" is after "1.9"). A value that is not "major.minor" cannot promise 1.0
+    behaviour either, so it counts as missing.
+    """
+    match = _VERSION_RE.fullmatch(version or "")
+    return match is None or int(match.group(1)) < 1
 
 
 def build_stream_header(params: StreamParams) -> bytes:
@@ -219,6 +235,8 @@ class BridgeStream(XMLStream):
     :param use_tls: negotiate STARTTLS, and refuse a server that does not offer it.
     :param keepalive: seconds between whitespace keepalives once open; 0 disables them.
     :param loop: the running event loop.
+    :param proxy_protocol: "v1" or "v2": send the PROXY protocol header with
+        ``params.client_ip`` before anything else; "off" (the default): none.
     """
 
     #: Exceptions raised by handlers or owner callbacks, summed over all streams.
@@ -226,9 +244,11 @@ class BridgeStream(XMLStream):
 
     def __init__(self, owner: StreamOwner, params: StreamParams, *,
                  ssl_context: ssl.SSLContext, use_tls: bool, keepalive: float,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, proxy_protocol: str = "off") -> None:
         super().__init__(ssl_context=ssl_context, loop=loop)
         self._owner = owner
+        self._proxy_protocol = proxy_protocol
+        self._client_ip = params.client_ip
         self._use_tls = use_tls
         self._keepalive = keepalive
         self._state = _State.CONNECTING
@@ -281,8 +301,9 @@ class BridgeStream(XMLStream):
             except Exception as exc:
                 self._count_error(exc, "stream_header")
             return
-        if self._state is _State.AWAIT_FEATURES and not self.server_header.get("version"):
-            # RFC 6120 §4.7.5: no version means a pre-1.0 server that sends no features.
+        if self._state is _State.AWAIT_FEATURES and is_pre_xmpp_1_0(self.server_header.get("version")):
+            # RFC 6120 §4.7.5: no version, or one below 1.0 (ejabberd answers a client's
+            # version='0.9' with version='0.9'), means a pre-1.0 stream: no features follow.
             # Nothing to negotiate; TLS cannot be had, so refuse it when required.
             if self._use_tls and not self._tls_done:
                 self._end(None, "server has no stream features (pre-XMPP-1.0), TLS required")
@@ -354,6 +375,14 @@ class BridgeStream(XMLStream):
             transport.close()
             return
         self._state = _State.AWAIT_FEATURES
+        if self._proxy_protocol != "off":
+            # Before slixmpp writes our stream header: the PROXY header must be the first
+            # bytes on the connection (proxy-protocol.txt §2). A cast, not isinstance:
+            # uvloop's transports are not asyncio.WriteTransport subclasses.
+            peer = transport.get_extra_info("peername")
+            server = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
+            cast(asyncio.WriteTransport, transport).write(
+                proxy_header(self._proxy_protocol, self._client_ip, server))
         super().connection_made(transport, send_event)
 
     def connection_lost(self, exception: BaseException | None) -> None:

@@ -99,7 +99,8 @@ class XmppUpstream:
         self._ready: asyncio.Future[bool] = loop.create_future()
         self._stream = BridgeStream(self, params, ssl_context=ssl_context,
                                     use_tls=config.tls == "required",
-                                    keepalive=config.keepalive, loop=loop)
+                                    keepalive=config.keepalive, loop=loop,
+                                    proxy_protocol=config.proxy_protocol)
         self._task: asyncio.Task[None] | None = None
 
     def _start(self) -> None:

@@ -437,6 +437,53 @@ async def test_pre_xmpp_1_0_server_refused_when_tls_required(
     assert await listener.wait_closed() == (Condition.REMOTE_CONNECTION_FAILED, None)
 
 
+@pytest.mark.parametrize("version", ["0.9", "0.99", "0.10", "junk", ""])
+async def test_server_version_below_1_0_is_pre_xmpp_1_0_at_once(
+        server: FakeServer, listener: RecordingListener, version: str) -> None:
+    """RFC 6120 §4.7.5: a server header with a version below 1.0 (ejabberd answers a client's
+    version='0.9' with version='0.9') means no features will come: ready at once, with no
+    features, instead of waiting out connect_timeout (a value that is not major.minor counts
+    as missing)."""
+    params = StreamParams(to="localhost", lang="en", version="0.9")
+    started = time.monotonic()
+    upstream = XmppUpstreamFactory(plain_config(server, connect_timeout=30.0)).open(params, listener)
+    conn = await server.accept()
+    assert header_attrs(await conn.expect(HEADER_RE))["version"] == "0.9"
+    conn.send(SERVER_HEADER.format(id="old").replace("version='1.0'", f"version='{version}'"))
+    info, features = await listener.wait_ready()
+    assert (info.id, info.version, features) == ("old", version, b"")
+    assert time.monotonic() - started < WAIT
+    upstream.close()
+
+
+@pytest.mark.parametrize("version", ["0.9", "0.0"])
+async def test_server_version_below_1_0_refused_at_once_when_tls_required(
+        server: FakeServer, listener: RecordingListener, cert: Cert, version: str) -> None:
+    """The same with STARTTLS required: TLS cannot be had on a pre-1.0 stream, so the
+    session fails at once (remote-connection-failed), not after connect_timeout."""
+    XmppUpstreamFactory(tls_config(server, cert, connect_timeout=30.0)).open(
+        StreamParams(to="localhost", version="0.9"), listener)
+    conn = await server.accept()
+    await conn.expect(HEADER_RE)
+    conn.send(SERVER_HEADER.format(id="old").replace("version='1.0'", f"version='{version}'"))
+    assert await listener.wait_closed() == (Condition.REMOTE_CONNECTION_FAILED, None)
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "2.0", "01.0", "1.10"])
+async def test_server_version_1_0_or_later_waits_for_features(
+        server: FakeServer, listener: RecordingListener, version: str) -> None:
+    """RFC 6120 §4.7.5: 1.0 and later (numbers compared as integers) negotiate features."""
+    upstream = XmppUpstreamFactory(plain_config(server)).open(PARAMS, listener)
+    conn = await server.accept()
+    await conn.expect(HEADER_RE)
+    conn.send(SERVER_HEADER.format(id="new").replace("version='1.0'", f"version='{version}'"))
+    conn.send(FEATURES_SASL)
+    info, features = await listener.wait_ready()
+    # Pre-1.0 handling would have reported ready on the header, with no features.
+    assert info.version == version and b"mechanisms" in features
+    upstream.close()
+
+
 async def test_stream_error_before_features(server: FakeServer,
                                             listener: RecordingListener) -> None:
     """A stream error during negotiation is still remote-stream-error (host-unknown etc.)."""

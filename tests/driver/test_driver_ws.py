@@ -217,3 +217,19 @@ async def test_node_sids_and_node_info(fake: FakeUpstreamFactory) -> None:
     assert driver.sid.startswith("n2.")
     assert 'bosh_node_info{node_id="n2"} 1.0' in hub.metrics.render().decode()
     await hub.shutdown()
+
+
+async def test_the_client_address_reaches_the_upstream_with_either_transport(
+        fake: FakeUpstreamFactory) -> None:
+    """[upstream] proxy_protocol: the driver puts the address it was given (the peer, or
+    X-Forwarded-For from a trusted proxy, bosh.web) into the StreamParams it opens the
+    upstream with; the cores build them without one."""
+    hub, ws, bosh = build(fake)
+    _sock, _driver, up = await opened(ws, fake, "192.0.2.7")
+    assert up.params.client_ip == "192.0.2.7"
+    bosh_task = asyncio.ensure_future(bosh.handle(create_body(), never_closing, "2001:db8::9"))
+    bosh_up = await fake.next_open(2)
+    assert bosh_up.params.client_ip == "2001:db8::9"
+    bosh_up.ready()
+    await within(bosh_task)
+    await hub.shutdown()

@@ -16,13 +16,14 @@ import pytest
 from tests.support.boshclient import BoshClient, is_message, is_presence
 from tests.support.prosody import USERS
 
-pytestmark = pytest.mark.integration
+# every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
 
 
 async def test_killed_upstream_ends_its_sessions_and_spares_the_others(
-        prosody_factory, boshcm_factory, bosh_client, xmpp_peer, tmp_path) -> None:
-    doomed_server = prosody_factory()
-    other_server = prosody_factory()
+        xmpp_server_factory, xmpp_server, boshcm_factory, bosh_client, xmpp_peer, tmp_path) -> None:
+    doomed_server = xmpp_server_factory()
+    other_server = xmpp_server  # the session's server: it survives this test
     # Both test servers are 'localhost' with their own self-signed certificate: trust both.
     ca = tmp_path / "both.pem"
     ca.write_bytes(doomed_server.cert_path.read_bytes() + other_server.cert_path.read_bytes())

@@ -1,6 +1,7 @@
 """The black-box conformance checker (scripts/bosh-conformance) against bosh-cm and Prosody.
 
-bosh-cm runs in front of the session Prosody with the checklist's CM test profile
+bosh-cm runs in front of the session's Prosody, and again in front of its ejabberd (the
+module's ``conformance_server`` parameter, over ``UPSTREAMS``), with the checklist's CM test profile
 (docs/spec-checklist.md §0.1: wait cap 10 s, inactivity 4 s, polling 2 s, maxpause 20 s; hold
 cap 2 so the hold=2 variant of #52 runs too) and without per-client session-creation limits,
 since one checker run opens about 150 sessions from 127.0.0.1. The checker runs once per
@@ -27,6 +28,7 @@ import pytest
 
 from tests.support.boshcm import REPO_ROOT, BoshCM
 from tests.support.prosody import ProsodyServer
+from tests.support.upstreams import XmppServer, upstream_names
 
 pytestmark = pytest.mark.integration
 
@@ -71,24 +73,37 @@ def _run(url: str, domain: str, out: Path) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture(scope="module")
-def conformance_users(prosody: ProsodyServer) -> dict[str, str]:
+def _register(server: XmppServer) -> dict[str, str]:
     for user, password in USERS.items():
-        prosody.register(user, password)
+        server.register(user, password)
     return USERS
 
 
+@pytest.fixture(scope="module", params=upstream_names())
+def conformance_server(request: pytest.FixtureRequest) -> XmppServer:
+    """The upstream bosh-cm runs in front of (the session's Prosody or ejabberd), with the
+    checker's two users."""
+    server: XmppServer = request.getfixturevalue(request.param)
+    _register(server)
+    return server
+
+
 @pytest.fixture(scope="module")
-def boshcm_run(prosody: ProsodyServer, conformance_users: dict[str, str],
+def conformance_users(prosody: ProsodyServer) -> dict[str, str]:
+    return _register(prosody)
+
+
+@pytest.fixture(scope="module")
+def boshcm_run(conformance_server: XmppServer,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from tests.conftest import _LIVE
 
     work = tmp_path_factory.mktemp("conformance")
-    cm = BoshCM(work / "boshcm", prosody, bosh=_profile(), log_level="INFO")
+    cm = BoshCM(work / "boshcm", conformance_server, bosh=_profile(), log_level="INFO")
     _LIVE["bosh-cm-conformance"] = cm
     cm.start()
     try:
-        return _run(cm.url, prosody.domain, work / "boshcm.json")
+        return _run(cm.url, conformance_server.domain, work / "boshcm.json")
     finally:
         cm.stop()
         _LIVE.pop("bosh-cm-conformance", None)

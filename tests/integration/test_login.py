@@ -13,7 +13,8 @@ import pytest
 from tests.support.prosody import USERS
 from tests.support.boshclient import (NS_BIND, NS_CLIENT, BoshClient, SaslFailure, is_presence)
 
-pytestmark = pytest.mark.integration
+# every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
 
 
 def _resource(tag: str) -> str:

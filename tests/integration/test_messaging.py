@@ -12,18 +12,19 @@ import pytest
 from tests.support.prosody import USERS
 from tests.support.boshclient import BoshClient, is_message
 
-pytestmark = pytest.mark.integration
+# every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
 
 
 async def test_message_each_way_between_bosh_and_tcp_clients(endpoint, bosh_client, xmpp_peer):
-    """A BOSH user (alice) and a TCP user (bob) exchange messages through the CM and Prosody,
+    """A BOSH user (alice) and a TCP user (bob) exchange messages through the CM and the server,
     including text that needs XML escaping (#11)."""
     c: BoshClient = await bosh_client(endpoint.url)
     await c.create(endpoint.domain, wait=5)
     alice = await c.login("alice", USERS["alice"], mechanism="SCRAM-SHA-1",
                           resource=f"web-{secrets.token_hex(3)}")
     await c.send_presence()
-    bob = await xmpp_peer(endpoint.prosody, "bob", resource=f"tcp-{secrets.token_hex(3)}")
+    bob = await xmpp_peer(endpoint.server, "bob", resource=f"tcp-{secrets.token_hex(3)}")
 
     to_alice = f"hello alice <3 & more {secrets.token_hex(4)}"
     bob.send_chat(alice, to_alice)
@@ -44,7 +45,7 @@ async def test_burst_of_messages_arrives_complete_and_in_order(endpoint, bosh_cl
     await c.create(endpoint.domain, wait=5)
     carol = await c.login("carol", USERS["carol"], resource=f"web-{secrets.token_hex(3)}")
     await c.send_presence()
-    bob = await xmpp_peer(endpoint.prosody, "bob", resource=f"tcp-{secrets.token_hex(3)}")
+    bob = await xmpp_peer(endpoint.server, "bob", resource=f"tcp-{secrets.token_hex(3)}")
     tag = secrets.token_hex(3)
     bodies = [f"{tag} #{i}" for i in range(30)]
     for b in bodies:

@@ -16,7 +16,8 @@ import pytest
 from tests.support.prosody import USERS
 from tests.support.boshclient import NS_STREAM, BoshClient, BoshTerminated, is_presence
 
-pytestmark = pytest.mark.integration
+# every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
 
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 
@@ -24,9 +25,9 @@ NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
 @pytest.mark.parametrize("second", ["bosh", "tcp"])
 async def test_resource_conflict_ends_the_old_session_with_remote_stream_error(
         endpoint, bosh_client, xmpp_peer, second):
-    """Same user and resource logged in elsewhere: Prosody's default conflict policy
-    (conflict_resolve = "kick_old") sends <stream:error><conflict/></stream:error> to the OLD
-    stream, so the first BOSH session's held request ends with type='terminate'
+    """Same user and resource logged in elsewhere: the default conflict policy of Prosody
+    (conflict_resolve = "kick_old") and of ejabberd (the new session replaces the old one) sends
+    <stream:error><conflict/></stream:error> to the OLD stream, so the first BOSH session's held request ends with type='terminate'
     condition='remote-stream-error' carrying the <stream:error/> (xmlns:stream on <body>)."""
     resource = f"dup-{secrets.token_hex(4)}"
     first: BoshClient = await bosh_client(endpoint.url)
@@ -41,7 +42,7 @@ async def test_resource_conflict_ends_the_old_session_with_remote_stream_error(
         await other.create(endpoint.domain, wait=5)
         assert await other.login("alice", USERS["alice"], resource=resource) == jid
     else:
-        peer = await xmpp_peer(endpoint.prosody, "alice", resource=resource)
+        peer = await xmpp_peer(endpoint.server, "alice", resource=resource)
         assert str(peer.boundjid) == jid
 
     started = time.monotonic()
@@ -60,12 +61,12 @@ async def test_resource_conflict_ends_the_old_session_with_remote_stream_error(
 
 
 async def test_upstream_killed_ends_held_request_with_remote_connection_failed(
-        prosody_factory, boshcm_factory, bosh_client):
+        xmpp_server_factory, boshcm_factory, bosh_client):
     """XEP-0124 §17.2 remote-connection-failed (#94): SIGKILL the upstream server mid-session;
     the held request ends with type='terminate' condition='remote-connection-failed' within a
     few seconds. While the server is down, a new session fails the same way; once it is back,
     sessions work again."""
-    server = prosody_factory()
+    server = xmpp_server_factory()
     cm = boshcm_factory(server)
     c: BoshClient = await bosh_client(cm.url)
     await c.create(server.domain, wait=10)

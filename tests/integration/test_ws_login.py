@@ -16,7 +16,8 @@ from tests.support.prosody import USERS
 from tests.support.wsclient import (CLOSE, CLOSE_TEXT, FEATURES, NS_BIND, NS_CLIENT, NS_FRAMING,
                                     NS_SASL, NS_SM, NS_TLS, OPEN, WsClient, is_message, is_presence)
 
-pytestmark = pytest.mark.integration
+# every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
 
 ALLOWED_ROOT_NS = (NS_FRAMING, NS_CLIENT, "http://etherx.jabber.org/streams", NS_SASL, NS_SM)
 
@@ -98,7 +99,7 @@ async def test_message_each_way_with_a_tcp_user(ws_endpoint, ws_client, xmpp_pee
     await c.open(ws_endpoint.domain)
     alice = await c.login("alice", USERS["alice"], "SCRAM-SHA-1", resource=_resource("ws-msg"))
     await c.send_presence()
-    bob = await xmpp_peer(ws_endpoint.prosody, "bob", resource=_resource("tcp"))
+    bob = await xmpp_peer(ws_endpoint.server, "bob", resource=_resource("tcp"))
 
     to_alice = f"hello alice <3 & ]]> {secrets.token_hex(4)}"
     bob.send_chat(alice, to_alice)

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from tests.support.prosody import ProsodyServer, free_port
+from tests.support.prosody import free_port
+from tests.support.upstreams import XmppServer
 
 __all__ = ["BoshCM", "BoshCMError", "REPO_ROOT", "render_toml"]
 
@@ -54,9 +55,10 @@ def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 class BoshCM:
-    """One bosh-cm process in front of a :class:`ProsodyServer` (or any upstream)."""
+    """One bosh-cm process in front of a :class:`ProsodyServer`, an :class:`EjabberdServer`
+    or (``prosody=None`` and ``upstream={...}``) any upstream."""
 
-    def __init__(self, workdir: Path, prosody: ProsodyServer | None = None, *,
+    def __init__(self, workdir: Path, prosody: XmppServer | None = None, *,
                  http: Mapping[str, Any] | None = None, bosh: Mapping[str, Any] | None = None,
                  upstream: Mapping[str, Any] | None = None,
                  websocket: Mapping[str, Any] | None = None,

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["ProsodyServer", "ProsodyError", "prosody_available", "free_port", "USERS"]
+__all__ = ["ProsodyServer", "ProsodyError", "prosody_available", "free_port", "USERS",
+           "make_self_signed_cert"]
 
 #: The accounts the shared ``prosody`` test fixture creates (user -> password).
 USERS: dict[str, str] = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
@@ -55,6 +56,32 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _lua(value: str) -> str:
     """A Lua string literal (long brackets would be fine too; keep it simple and escaped)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def make_self_signed_cert(cert_path: Path, key_path: Path, domain: str) -> None:
+    """A self-signed EC certificate for ``domain`` (SAN also ``localhost``, ``127.0.0.1``),
+    made with openssl; raises RuntimeError with openssl's message on failure.
+
+    It also validates as its own trust anchor under strict X.509 checking (critical
+    basicConstraints, key usage, SAN), so a client can use it as its ``ca_file``.
+    """
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    names = ["DNS:localhost", "IP:127.0.0.1"]
+    if domain != "localhost":
+        names.insert(0, f"DNS:{domain}")
+    cmd = [
+        "openssl", "req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-days", "3650", "-subj", f"/CN={domain}",
+        "-keyout", str(key_path), "-out", str(cert_path),
+        "-addext", "subjectAltName=" + ",".join(names),
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,digitalSignature,keyCertSign",
+        "-addext", "extendedKeyUsage=serverAuth",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"openssl failed ({res.returncode}): {res.stderr.strip()}")
+    os.chmod(key_path, 0o600)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -82,6 +109,9 @@ def scram_account_text(password: str, salt: str, iterations: int) -> str:
 
 class ProsodyServer:
     """One Prosody instance in ``workdir``, c2s (STARTTLS required) + HTTP (mod_bosh) on loopback."""
+
+    #: Which server this is, for tests whose expectations differ between servers.
+    kind = "prosody"
 
     def __init__(self, workdir: Path, domain: str = "localhost", bosh: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
@@ -118,25 +148,10 @@ class ProsodyServer:
     def _make_cert(self) -> None:
         if self.cert_path.exists() and self.key_path.exists():
             return
-        self.cert_path.parent.mkdir(parents=True, exist_ok=True)
-        names = ["DNS:localhost", "IP:127.0.0.1"]
-        if self.domain != "localhost":
-            names.insert(0, f"DNS:{self.domain}")
-        # A self-signed certificate that also validates as its own trust anchor under
-        # strict X.509 checking (critical basicConstraints, key usage, SAN).
-        cmd = [
-            "openssl", "req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-days", "3650", "-subj", f"/CN={self.domain}",
-            "-keyout", str(self.key_path), "-out", str(self.cert_path),
-            "-addext", "subjectAltName=" + ",".join(names),
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,digitalSignature,keyCertSign",
-            "-addext", "extendedKeyUsage=serverAuth",
-        ]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise ProsodyError(f"openssl failed ({res.returncode}): {res.stderr.strip()}")
-        os.chmod(self.key_path, 0o600)
+        try:
+            make_self_signed_cert(self.cert_path, self.key_path, self.domain)
+        except RuntimeError as exc:
+            raise ProsodyError(str(exc)) from None
 
     def _write_config(self) -> None:
         w = self.workdir

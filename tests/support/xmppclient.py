@@ -5,7 +5,8 @@
     msg = await peer.next_message(timeout=10)     # a slixmpp Message stanza
     await peer.close()
 
-STARTTLS is real; the test Prosody's self-signed certificate is the only trust anchor.
+STARTTLS is real; the test server's (Prosody or ejabberd) self-signed certificate is the
+only trust anchor.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import slixmpp
 
-from tests.support.prosody import ProsodyServer
+from tests.support.upstreams import XmppServer
 
 __all__ = ["XmppPeer"]
 
@@ -51,7 +52,7 @@ class XmppPeer(slixmpp.ClientXMPP):
             self.started.set_exception(RuntimeError(f"authentication failed for {self.boundjid.bare}"))
 
     @classmethod
-    async def connect_to(cls, prosody: ProsodyServer, user: str, password: str,
+    async def connect_to(cls, prosody: XmppServer, user: str, password: str,
                          resource: str = "tcp", timeout: float = 10) -> "XmppPeer":
         """Log in over TCP (STARTTLS + SASL + bind) and send initial presence."""
         peer = cls(f"{user}@{prosody.domain}/{resource}", password, str(prosody.cert_path))
