@@ -4,6 +4,7 @@ never logged (even at DEBUG); optional HTTPS serving with [http] tls_cert/tls_ke
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import ssl
@@ -77,6 +78,14 @@ async def test_https_serving_with_a_self_signed_certificate(
         jid = await c.login("bob", USERS["bob"], resource="https")
         assert jid.startswith("bob@")
         await c.close()
+        # RFC 7395 §3.1 / README: with tls_cert the WebSocket endpoint is wss:// on the same port
+        async with http.ws_connect(f"wss://127.0.0.1:{cm.port}/xmpp-websocket",
+                                   protocols=("xmpp",)) as ws:
+            await ws.send_str('<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" '
+                              f'to="{prosody.domain}" version="1.0"/>')
+            opened = await asyncio.wait_for(ws.receive(), 10)
+            assert str(opened.data).startswith('<open xmlns="urn:ietf:params:xml:ns:xmpp-framing"')
+    assert f"websocket on wss://127.0.0.1:{cm.port}/xmpp-websocket" in cm.log_path.read_text()
     # plain HTTP on the HTTPS port gets no BOSH answer
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientError):
