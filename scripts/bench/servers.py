@@ -11,6 +11,7 @@ The fixture also loads mod_websocket (``/xmpp-websocket`` on the same HTTP port,
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import urllib.error
 import urllib.request
@@ -28,11 +29,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.boshcm import render_toml  # noqa: E402
+from procstat import child_pids  # noqa: E402
 from tests.support.prosody import (  # noqa: E402
     ProsodyServer, _encode_store_name, _lua, free_port, scram_account_text,
 )
 
-__all__ = ["BenchProsody", "BenchBoshCM", "PASSWORD", "user_name"]
+__all__ = ["BenchProsody", "BenchBoshCM", "BenchCluster", "PASSWORD", "user_name",
+           "node_metrics"]
 
 PASSWORD = "bench-pw"
 
@@ -113,6 +116,48 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def bench_cm_config(prosody: "BenchProsody", port: int, *, log_level: str = "INFO",
+                    event_loop: str = "asyncio", max_wait: int = 60, websocket: bool = False
+                    ) -> tuple[dict[str, dict[str, Any]], str, bool]:
+    """bosh-cm's config for the bench (one process, or the base of a cluster): per-IP limits
+    off, sessions bounded by 100,000, STARTTLS upstream to ``prosody`` with certificate
+    verification. Returns the config, the WebSocket path and whether uvloop is set by the
+    config key (``[server] event_loop``; older checkouts need the bench-only launcher)."""
+    from bosh import config as cfgmod  # the checkout's config: only keys it knows
+
+    bosh: dict[str, Any] = {"max_wait": max_wait, "max_inactivity": 120, "max_hold": 1,
+                            "max_sessions": 100_000, "max_sessions_per_ip": 0,
+                            "new_sessions_per_ip_per_minute": 0}
+    known = {f.name for f in dataclasses.fields(cfgmod.BoshConfig)}
+    bosh = {k: v for k, v in bosh.items() if k in known}
+    http: dict[str, Any] = {"host": "127.0.0.1", "port": port, "path": "/http-bind"}
+    config: dict[str, dict[str, Any]] = {
+        "http": http,
+        "bosh": bosh,
+        "upstream": {"domains": [prosody.domain], "host": "127.0.0.1", "port": prosody.c2s_port,
+                     "tls": "required", "ca_file": str(prosody.cert_path),
+                     "connect_timeout": 30.0},
+        "log": {"level": log_level},
+    }
+    # RFC 7395 endpoint on the same listener ([websocket], defaults otherwise: pings every
+    # 30 s, no compression, origins as [http] cors_origins; the load sends no Origin).
+    ws_cfg = getattr(cfgmod, "WebSocketConfig", None)
+    ws_path = "/xmpp-websocket"
+    if websocket:
+        if ws_cfg is None:
+            raise RuntimeError("this bosh-cm checkout has no [websocket] section "
+                               "(bosh/config.py WebSocketConfig): no WebSocket endpoint to measure")
+        ws_path = ws_cfg().path
+        config["websocket"] = {"enabled": True, "path": ws_path}
+    # uvloop through the config key when this checkout has it ([server] event_loop).
+    server_cfg = getattr(cfgmod, "ServerConfig", None)
+    loop_by_config = event_loop == "uvloop" and server_cfg is not None and \
+        "event_loop" in {f.name for f in dataclasses.fields(server_cfg)}
+    if loop_by_config:
+        config["server"] = {"event_loop": "uvloop"}
+    return config, ws_path, loop_by_config
+
+
 class BenchBoshCM:
     """``python -m bosh --config`` in front of a :class:`BenchProsody`, output to a file.
 
@@ -123,46 +168,16 @@ class BenchBoshCM:
     def __init__(self, workdir: Path, prosody: "BenchProsody", *, log_level: str = "INFO",
                  event_loop: str = "asyncio", max_wait: int = 60, gc_threshold: str = "",
                  websocket: bool = False) -> None:
-        from bosh import config as cfgmod  # the checkout's config: only keys it knows
-
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/http-bind"
         self.event_loop = event_loop
         self.gc_threshold = gc_threshold
-        bosh: dict[str, Any] = {"max_wait": max_wait, "max_inactivity": 120, "max_hold": 1,
-                                "max_sessions": 100_000, "max_sessions_per_ip": 0,
-                                "new_sessions_per_ip_per_minute": 0}
-        known = {f.name for f in dataclasses.fields(cfgmod.BoshConfig)}
-        bosh = {k: v for k, v in bosh.items() if k in known}
-        http: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "path": "/http-bind"}
-        self.config = {
-            "http": http,
-            "bosh": bosh,
-            "upstream": {"domains": [prosody.domain], "host": "127.0.0.1", "port": prosody.c2s_port,
-                         "tls": "required", "ca_file": str(prosody.cert_path),
-                         "connect_timeout": 30.0},
-            "log": {"level": log_level},
-        }
-        # RFC 7395 endpoint on the same listener ([websocket], defaults otherwise: pings every
-        # 30 s, no compression, origins as [http] cors_origins; the load sends no Origin).
-        ws_cfg = getattr(cfgmod, "WebSocketConfig", None)
-        ws_path = "/xmpp-websocket"
-        if websocket:
-            if ws_cfg is None:
-                raise RuntimeError("this bosh-cm checkout has no [websocket] section "
-                                   "(bosh/config.py WebSocketConfig): no WebSocket endpoint to measure")
-            ws_path = ws_cfg().path
-            self.config["websocket"] = {"enabled": True, "path": ws_path}
+        self.config, ws_path, self.loop_by_config = bench_cm_config(
+            prosody, self.port, log_level=log_level, event_loop=event_loop, max_wait=max_wait,
+            websocket=websocket)
         self.ws_url = f"ws://127.0.0.1:{self.port}{ws_path}"
-        # uvloop through the config key when this checkout has it ([server] event_loop);
-        # older checkouts get the bench-only launcher below.
-        server_cfg = getattr(cfgmod, "ServerConfig", None)
-        self.loop_by_config = event_loop == "uvloop" and server_cfg is not None and \
-            "event_loop" in {f.name for f in dataclasses.fields(server_cfg)}
-        if self.loop_by_config:
-            self.config["server"] = {"event_loop": "uvloop"}
         self.config_path = self.workdir / "bosh-cm.toml"
         self.log_path = self.workdir / "bosh-cm.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -220,6 +235,195 @@ class BenchBoshCM:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def log_tail(self, limit: int = 3000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+
+
+def node_metrics(port: int, timeout: float = 5) -> dict[str, float]:
+    """A bosh-cm node's ``/metrics`` (Prometheus text) as ``{'name{labels}': value}``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode(errors="replace")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+_READY = re.compile(r"listening on (\S+) \((\d+) nodes\)")
+
+
+class BenchCluster:
+    """``python -m bosh.cluster`` (bosh-cm-cluster: HAProxy + N nodes) in front of a
+    :class:`BenchProsody`, its output (and its nodes' and HAProxy's, prefixed) to a file.
+
+    The base config is :func:`bench_cm_config` with HAProxy's listener on a free loopback
+    port and ``[cluster] drain_timeout`` short: the load has gone when the bench stops the
+    launcher, so a node's left-over sessions (no client any more) need not be served for
+    the default 300 s. Everything else (ports, node ids, ``haproxy.cfg``) is the launcher's.
+    """
+
+    def __init__(self, workdir: Path, prosody: "BenchProsody", nodes: int, *,
+                 log_level: str = "INFO", event_loop: str = "asyncio", max_wait: int = 60,
+                 websocket: bool = False, drain_timeout: float = 1.0) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.nodes = nodes
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/http-bind"
+        self.config, ws_path, by_config = bench_cm_config(
+            prosody, self.port, log_level=log_level, event_loop=event_loop, max_wait=max_wait,
+            websocket=websocket)
+        if event_loop == "uvloop" and not by_config:
+            raise RuntimeError("--cm-loop uvloop with --nodes needs [server] event_loop "
+                               "(the launcher starts `python -m bosh` itself)")
+        self.config["cluster"] = {"drain_timeout": drain_timeout}
+        self.ws_url = f"ws://127.0.0.1:{self.port}{ws_path}"
+        self.config_path = self.workdir / "base.toml"
+        self.run_dir = self.workdir / "run"
+        self.log_path = self.workdir / "launcher.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.node_pids: dict[str, int] = {}
+        self.node_ports: dict[str, int] = {}
+        self.haproxy_pids: list[int] = []   # the master (-W) and its worker(s)
+        self.haproxy_maxconn: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The launcher's own pid (its CPU is the log pump, reported apart)."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def nodes_doc(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / "nodes.json").read_text())
+
+    def start(self, timeout: float = 90) -> None:
+        self.config_path.write_text(render_toml(self.config))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        cmd = [sys.executable, "-m", "bosh.cluster", "--config", str(self.config_path),
+               "--nodes", str(self.nodes), "--run-dir", str(self.run_dir)]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            m = _READY.search(text)
+            if m:
+                if m.group(1) != self.url or int(m.group(2)) != self.nodes:
+                    self.stop()
+                    raise RuntimeError(f"launcher says {m.group(0)!r}; expected {self.url} "
+                                       f"with {self.nodes} nodes")
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bosh-cm-cluster exited with {self.proc.returncode}:\n"
+                                   f"{text[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"bosh-cm-cluster not listening within {timeout}s:\n{text[-3000:]}")
+            try:
+                self.proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        doc = self.nodes_doc()
+        self.node_pids = {n["node_id"]: n["pid"] for n in doc["nodes"]}
+        self.node_ports = {n["node_id"]: n["port"] for n in doc["nodes"]}
+        if any(p is None for p in self.node_pids.values()) or doc["haproxy"]["pid"] is None:
+            self.stop()
+            raise RuntimeError(f"a process of the cluster is down at start: {doc}")
+        master = int(doc["haproxy"]["pid"])
+        self.haproxy_pids = [master] + child_pids(master)
+        m = re.search(r"^\s*maxconn\s+(\d+)", (self.run_dir / "haproxy.cfg").read_text(), re.M)
+        self.haproxy_maxconn = int(m.group(1)) if m else None
+
+    def haproxy_admin(self, command: str, timeout: float = 5) -> str:
+        """One command on HAProxy's runtime socket (``RUN_DIR/haproxy.sock``, the launcher's)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.run_dir / "haproxy.sock"))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        return b"".join(chunks).decode(errors="replace")
+
+    def haproxy_stats(self) -> dict[str, Any]:
+        """HAProxy's own counters: the public frontend's current, peak and limit of client
+        connections and its 4xx/5xx answers; per backend the retries, redispatches,
+        connection and response errors (``show stat``), and ``CurrConns`` (``show info``)."""
+        text = self.haproxy_admin("show stat")
+        lines = text[2:].splitlines() if text.startswith("# ") else []
+        out: dict[str, Any] = {}
+        if lines:
+            head = lines[0].split(",")
+            for line in lines[1:]:
+                cols = dict(zip(head, line.split(",")))
+                px, sv = cols.get("pxname"), cols.get("svname")
+                num = {k: int(v) for k, v in cols.items() if v.isdigit()}
+                if px == "bosh" and sv == "FRONTEND":
+                    out["frontend"] = {k: num.get(k) for k in
+                                       ("scur", "smax", "slim", "stot", "ereq", "hrsp_4xx", "hrsp_5xx")}
+                elif px in ("bosh_owner", "bosh_new") and sv == "BACKEND":
+                    out[px] = {k: num.get(k) for k in ("scur", "smax", "stot", "econ", "eresp",
+                                                       "wretr", "wredis", "hrsp_5xx",
+                                                       "connect", "reuse")}
+        for line in self.haproxy_admin("show info").splitlines():
+            key, _, value = line.partition(":")
+            if key in ("CurrConns", "Maxconn", "Maxsock") and value.strip().isdigit():
+                out[key] = int(value)
+        return out
+
+    def restarted(self) -> list[str]:
+        """Node ids whose pid is not the one seen at start (a node died and came back)."""
+        try:
+            now = {n["node_id"]: n["pid"] for n in self.nodes_doc()["nodes"]}
+        except (OSError, ValueError):
+            return ["nodes.json unreadable"]
+        return [k for k, v in self.node_pids.items() if now.get(k) != v]
+
+    def stop(self, timeout: float = 40) -> None:
+        """SIGTERM (every node drains for ``drain_timeout``), a second SIGTERM if that takes
+        too long (ends the drains), then SIGKILL of the launcher and of the node and HAProxy
+        processes it started (by pid)."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for pid in [*self.node_pids.values(), *self.haproxy_pids]:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    ours = str(self.run_dir).encode() in f.read()
+            except OSError:
+                continue
+            if ours:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def log_tail(self, limit: int = 3000) -> str:
         if not self.log_path.exists():
