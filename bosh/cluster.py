@@ -174,7 +174,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover .tmp (a crashed run) keeps its old mode and may be a symlink: start afresh,
+    # so a private key written here is never readable by others.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -298,7 +303,8 @@ class Cluster:
             host=self.host, port=self.port, path=self.path, max_wait=self.base.bosh.max_wait, maxconn=maxconn_for_fd_limit(fd_limit, len(self.nodes)),
             tls_pem=self.tls_pem, stats_port=self.stats_port, stats_socket=self.stats_socket,
             prometheus=self.prometheus, keep_forwarded_for=self.keep_xff,
-            tunnel_timeout=max(3600, int(4 * ping)))
+            tunnel_timeout=max(3600, int(4 * ping)),
+            private_paths=(self.base.prebind.path,) if self.base.prebind.enabled else ())
 
     def write_state(self) -> None:
         """nodes.json and prometheus-targets.json (atomically: readers never see half)."""

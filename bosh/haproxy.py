@@ -111,7 +111,8 @@ def render_haproxy_cfg(nodes: Sequence[HaproxyNode], *, host: str, port: int,
                        path: str = "/http-bind", max_wait: int = 60, maxconn: int = 4096, tls_pem: str = "",
                        stats_host: str = "127.0.0.1", stats_port: int = 0,
                        stats_socket: str = "", prometheus: bool = True,
-                       keep_forwarded_for: bool = True, tunnel_timeout: int = 3600) -> str:
+                       keep_forwarded_for: bool = True, tunnel_timeout: int = 3600,
+                       private_paths: Sequence[str] = ()) -> str:
     """The HAProxy 2.6 configuration in front of ``nodes``.
 
     ``host``/``port``: the public listener (``[http] host``/``port`` of the base config);
@@ -125,10 +126,14 @@ def render_haproxy_cfg(nodes: Sequence[HaproxyNode], *, host: str, port: int,
     HAProxy appends the peer address (when nothing in front of HAProxy is trusted).
     ``tunnel_timeout``: seconds an upgraded WebSocket may stay silent (bosh-cm pings every
     ``[websocket] ping_interval``). WebSocket upgrades need no rule of their own: they name
-    no sid, so they go to ``bosh_new`` like creation requests.
+    no sid, so they go to ``bosh_new`` like creation requests. ``private_paths`` (e.g.
+    ``[prebind] path``) are refused on the public listener like the operations endpoints:
+    call them on a node directly, from the web app's own host.
     """
     _check_nodes(nodes)
     _check_path("path", path)
+    for private in private_paths:
+        _check_path("private path", private)
     if not 1 <= port <= 65535:
         raise ValueError(f"port {port} out of range")
     if max_wait < 1:
@@ -180,7 +185,10 @@ def render_haproxy_cfg(nodes: Sequence[HaproxyNode], *, host: str, port: int,
         "frontend bosh",
         f"    bind {bind_address(host, port)}{tls}",
         "    option http-buffer-request",
-        "    http-request deny deny_status 404 if { path " + " ".join(_OPS_PATHS) + " }",
+        # Decoded before the match: the nodes route on the decoded path, so /%6Detrics must
+        # not slip through.
+        "    http-request deny deny_status 404 if { path,url_dec -m str "
+        + " ".join((*_OPS_PATHS, *private_paths)) + " }",
     ]
     if not keep_forwarded_for:
         out.append("    http-request del-header X-Forwarded-For")

@@ -117,6 +117,15 @@ def _visible(text: str) -> bool:
     return all(unicodedata.category(ch)[0] not in "CZ" for ch in text)
 
 
+def _encodable(text: str) -> bool:
+    """A lone surrogate (JSON allows \\ud800) cannot go into any SASL message."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_request(data: bytes, serves: Callable[[str], bool]) -> PrebindRequest:
     """Check the JSON body ``{"jid": "user@domain", "password": "...", "resource": "..."}``;
     the domain must be one bosh-cm serves (``[upstream] domains``)."""
@@ -146,7 +155,8 @@ def parse_request(data: bytes, serves: Callable[[str], bool]) -> PrebindRequest:
         raise _bad("host-unknown", f"domain {domain[:100]!r} is not served here "
                                    "([upstream] domains)")
     password = doc.get("password")
-    if not isinstance(password, str) or not password or len(password) > 1024:
+    if not isinstance(password, str) or not password or len(password) > 1024 \
+            or not _encodable(password):
         raise _bad("bad-request", "password: a non-empty string of at most 1024 characters "
                                   "is required")
     resource = doc.get("resource")
@@ -207,6 +217,10 @@ class _Conversation:
     async def _post(self, attrs: dict[str, str], payload: tuple[bytes, ...] = ()) -> Any:
         reply = await self.manager.handle(wire.render_body(attrs, payload), _never_closing,
                                           self.client_ip, self.secure)
+        if reply.status == 503:
+            # A draining cluster node (bosh.driver.DRAINING): 503 too, so that HAProxy's
+            # retry-on 503 tries another node, as for a browser's creation request.
+            raise PrebindError(503, "system-shutdown", "this node is draining")
         if reply.status != 200:
             raise PrebindError(502, "internal-server-error",
                                f"the BOSH endpoint answered HTTP {reply.status}")

@@ -44,6 +44,10 @@ class ClientSocket(Protocol):
     def queued_bytes(self) -> int:
         """Bytes accepted by :meth:`send_text` and not yet handed to the kernel."""
 
+    @property
+    def waiting(self) -> bool:
+        """A write waits for the kernel; :meth:`WsDriver.drained` follows when it is done."""
+
 
 class WsEndpoint:
     """Every WebSocket session of the process, on top of the shared :class:`Hub`."""
@@ -190,9 +194,11 @@ class WsDriver(UpstreamLink):
                 self._ended(ev)
             else:
                 self.run_upstream_event(ev)
-        if sent and not self._paused and self.upstream is not None \
+        if sent and not self._paused and self.upstream is not None and self.socket.waiting \
                 and self.socket.queued_bytes() > self.endpoint.max_queued_bytes:
-            # A slow client: stop reading from the server until its socket drains.
+            # A slow client: stop reading from the server until its socket drains. Only while
+            # a write waits for the kernel: its end (``drained``) is what resumes reading; below
+            # that the transport's own buffer (64 KiB high-water mark) bounds what is held.
             self._paused = True
             self.upstream.pause_reading()
         self.arm()

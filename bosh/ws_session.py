@@ -46,6 +46,7 @@ __all__ = ["WsSession", "WsLimits", "WsState", "SendText", "SendPing", "CloseSoc
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
 NS_STREAMS_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
 NS_SM = "urn:xmpp:sm:3"
+NS_SM_ALL = (NS_SM, "urn:xmpp:sm:2")  # Prosody and ejabberd offer both
 
 #: The server's close, byte for byte: Strophe.js 5 recognises exactly this text (design.md §10).
 CLOSE = b'<close xmlns="urn:ietf:params:xml:ns:xmpp-framing" />'
@@ -151,12 +152,15 @@ def _grants_resumption(data: bytes) -> bool | None:
     except XmlRefused:
         return None
     ns, name = xmlsafe.split(root.tag)
-    if ns != NS_SM:
+    if ns not in NS_SM_ALL:
         return None
     if name == "enabled":
         return root.get("resume") in ("true", "1")  # XML Schema boolean
     if name == "resumed":
         return True
+    if any(xmlsafe.split(child.tag)[1] == "unexpected-request" for child in root
+           if isinstance(child.tag, str)):
+        return None  # a second <enable/> refused: the session that was enabled stays (§4)
     return False  # <failed/>: the old session is gone (XEP-0198 §5)
 
 

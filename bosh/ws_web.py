@@ -23,6 +23,9 @@ __all__ = ["SUBPROTOCOL", "handle_websocket", "WS_ENDPOINT_KEY", "WS_CONFIG_KEY"
 log = logging.getLogger("bosh.ws")
 
 SUBPROTOCOL = "xmpp"  # RFC 7395 §3.1, IANA WebSocket subprotocol registry
+#: Seconds a closing connection may take (queued frames, the closing handshake) before it is
+#: aborted.
+CLOSE_DEADLINE = 10.0
 
 WS_ENDPOINT_KEY = web.AppKey("ws_endpoint", WsEndpoint)
 WS_CONFIG_KEY = web.AppKey("ws_config", WebSocketConfig)
@@ -75,7 +78,8 @@ class AiohttpSocket:
     the upstream meanwhile.
     """
 
-    __slots__ = ("_ws", "_transport", "driver", "_outbox", "_outbox_bytes", "_task", "_closing")
+    __slots__ = ("_ws", "_transport", "driver", "_outbox", "_outbox_bytes", "_task", "_closing",
+                 "_deadline")
 
     def __init__(self, ws: _XmppWebSocket, transport: asyncio.BaseTransport | None) -> None:
         self._ws = ws
@@ -85,6 +89,12 @@ class AiohttpSocket:
         self._outbox_bytes = 0
         self._task: asyncio.Task[Any] | None = None
         self._closing = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """A write is waiting for the kernel to take more (the socket's own buffer is full)."""
+        return self._outbox is not None
 
     def send_text(self, data: bytes) -> None:
         self._send(data, WSMsgType.TEXT)
@@ -99,15 +109,31 @@ class AiohttpSocket:
         if self._closing:
             return
         self._closing = True
+        # However the peer behaves (a client that stops reading keeps the kernel buffer full
+        # and aiohttp's drain waits forever), the connection is gone within CLOSE_DEADLINE:
+        # the session has already let go of its registry entry and per-IP slot.
+        self._deadline = asyncio.get_running_loop().call_later(CLOSE_DEADLINE, self.abort)
         if self._outbox is not None:
             self._outbox.append((code.to_bytes(2, "big"), WSMsgType.CLOSE))
             return
         self._spawn_close(code)
 
-    def queued_bytes(self) -> int:
+    def abort(self) -> None:
+        """Drop the connection now (no closing handshake); idempotent."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
         transport = self._transport
-        size = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
-        return size + self._outbox_bytes
+        if transport is not None and not transport.is_closing():
+            transport.abort()  # type: ignore[attr-defined]
+
+    def queued_bytes(self) -> int:
+        # Duck-typed: uvloop's transports are no asyncio.WriteTransport subclass.
+        size = getattr(self._transport, "get_write_buffer_size", None)
+        return (size() if size is not None else 0) + self._outbox_bytes
 
     def _spawn_close(self, code: int) -> None:
         if self._ws.closed:
@@ -213,13 +239,13 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     finally:
         ws.driver = None
         driver.lost()  # a no-op when the session already ended
-        if socket._task is not None and not socket._task.done():
+        socket.close(1000)  # a no-op when already closing; bounded by CLOSE_DEADLINE either way
+        task = socket._task
+        if task is not None and not task.done():
             try:
-                await asyncio.wait_for(asyncio.shield(socket._task), 5)
+                await asyncio.wait_for(asyncio.shield(task), CLOSE_DEADLINE)
             except (asyncio.TimeoutError, asyncio.CancelledError):
-                pass
+                socket.abort()
             except Exception:
-                pass
-        if not ws.closed:
-            await ws.close()
+                socket.abort()
     return ws

@@ -98,7 +98,7 @@ def test_frontend_buffers_the_body_and_routes_named_sids_to_the_owner_backend() 
     assert "use_backend bosh_owner if { var(txn.node) -m found }" in front
     assert front[-1] == "default_backend bosh_new"
     assert "http-request set-header X-Forwarded-Proto http" in front
-    assert "http-request deny deny_status 404 if { path /healthz /readyz /metrics }" in front
+    assert "http-request deny deny_status 404 if { path,url_dec -m str /healthz /readyz /metrics }" in front
     assert "http-request del-header X-Forwarded-For" not in front
 
 
@@ -271,9 +271,17 @@ def test_the_commented_example_routes_with_the_same_lines_as_the_launcher() -> N
     example = (Path(__file__).resolve().parents[2] / "conf" / "haproxy-bosh.cfg").read_text()
     lines = {line.strip() for line in example.splitlines() if not line.strip().startswith("#")}
     ex_nodes = [HaproxyNode(f"n{i}", f"10.0.0.1{i}", 5280) for i in (1, 2, 3)]
-    rendered = render_haproxy_cfg(ex_nodes, host="0.0.0.0", port=80, max_wait=60)
+    rendered = render_haproxy_cfg(ex_nodes, host="0.0.0.0", port=80, max_wait=60,
+                                  private_paths=("/prebind",))
     for name in ("frontend bosh", "backend bosh_owner", "backend bosh_new", "defaults"):
         for line in section(rendered, name):
             if line.startswith(("bind ", "http-request set-header X-Forwarded-Proto", "timeout ")):
                 continue  # TLS, the public address and the timeouts differ on purpose
             assert line in lines, (name, line)
+
+
+def test_private_paths_are_refused_on_the_public_listener_too() -> None:
+    """Review: the prebind path must not be reachable through the public HAProxy."""
+    front = section(render(private_paths=("/prebind",)), "frontend bosh")
+    assert "http-request deny deny_status 404 if { path,url_dec -m str /healthz /readyz /metrics " \
+        "/prebind }" in front

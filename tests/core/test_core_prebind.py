@@ -299,6 +299,7 @@ def test_request_with_jid_password_and_optional_resource() -> None:
     (b'{"jid": "a:b@example.com", "password": "pw"}', "jid-malformed"),
     (b'{"jid": "a@b@example.com", "password": "pw"}', "jid-malformed"),
     (b'{"jid": "a@elsewhere.org", "password": "pw"}', "host-unknown"),
+    (b'{"jid": "a@example.com", "password": "pw\\ud800x"}', "bad-request"),  # a lone surrogate
 ])
 def test_bad_requests_are_400_with_a_condition_and_never_echo_the_password(body: bytes, condition: str) -> None:
     with pytest.raises(PrebindError) as info:

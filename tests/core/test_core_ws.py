@@ -247,7 +247,8 @@ def test_socket_loss_with_resumption_granted_keeps_the_server_session() -> None:
     (b'<enabled xmlns="urn:xmpp:sm:3"/>', False),
     (b'<resumed xmlns="urn:xmpp:sm:3" previd="q1" h="3"/>', True),
     (b'<failed xmlns="urn:xmpp:sm:3"/>', False),
-    (b'<enabled xmlns="urn:xmpp:sm:2" resume="true"/>', False),  # not the v3 we watch
+    (b'<enabled xmlns="urn:xmpp:sm:2" resume="true"/>', True),  # the older version, same rules
+    (b'<enabled xmlns="urn:xmpp:sm:4" resume="true"/>', False),  # not a version we know
 ])
 def test_resumability_follows_the_servers_answers(element: bytes, resumable: bool) -> None:
     s = opened()
@@ -321,3 +322,14 @@ def test_ended_session_emits_nothing() -> None:
     assert s.connection_lost(102.0) == []
     assert s.shutdown(102.0) == []
     assert s.handle_timer(1e9) == []
+
+
+def test_a_refused_second_enable_leaves_the_session_resumable() -> None:
+    """XEP-0198 §4: <failed><unexpected-request/></failed> answers an <enable/> sent twice;
+    the session enabled first is still resumable, so a drop must not send the footer."""
+    s = opened()
+    s.upstream_elements([ENABLED], 101.0)
+    s.upstream_elements([b'<failed xmlns="urn:xmpp:sm:3"><unexpected-request '
+                         b'xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></failed>'], 102.0)
+    assert s.resumable
+    assert s.connection_lost(103.0)[0] == CloseUpstream(end_stream=False)

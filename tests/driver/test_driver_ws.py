@@ -40,6 +40,10 @@ class FakeSocket:
     def queued_bytes(self) -> int:
         return self.backlog
 
+    @property
+    def waiting(self) -> bool:  # a write waits for the kernel while anything is backlogged
+        return self.backlog > 0
+
 
 def build(fake: FakeUpstreamFactory, **hub_kw: object) -> tuple[Hub, WsEndpoint, Manager]:
     hub = Hub(["example.com"], 10, fake, **hub_kw)  # type: ignore[arg-type]

@@ -22,8 +22,7 @@ from bosh.driver import Manager
 from bosh.web import make_app
 from bosh.ws_driver import WsEndpoint
 from bosh.ws_session import CLOSE, WsLimits
-from tests.driver._fakes import TEST_LIMITS, PATH
-from tests.faults._ops import EchoFactory
+from tests.driver._fakes import PATH, TEST_LIMITS, FakeUpstreamFactory
 
 OPEN = '<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="example.com" version="1.0"/>'
 WS_PATH = "/xmpp-websocket"
@@ -31,7 +30,7 @@ DEADLINE = 5.0
 
 
 class App:
-    def __init__(self, client: TestClient, hub: Hub, factory: EchoFactory) -> None:
+    def __init__(self, client: TestClient, hub: Hub, factory: FakeUpstreamFactory) -> None:
         self.client, self.hub, self.factory = client, hub, factory
 
     async def connect(self, **kw: object) -> aiohttp.ClientWebSocketResponse:
@@ -66,7 +65,7 @@ async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
 
 @pytest.fixture
 async def app() -> AsyncIterator[App]:
-    factory = EchoFactory()
+    factory = FakeUpstreamFactory(auto=True)
     hub = Hub(["example.com"], 100, factory, max_stanza_bytes=4096)
     manager = Manager(TEST_LIMITS, hub)
     ws = WsEndpoint(hub, WsLimits(max_message_bytes=4096, ping_interval=0), max_queued_bytes=65536)
@@ -204,7 +203,7 @@ async def test_a_draining_cluster_node_answers_new_sessions_503_so_the_balancer_
     from tests.driver._fakes import create_body
 
     for node_id, expect in (("n1", 503), ("", 200)):
-        factory = EchoFactory()
+        factory = FakeUpstreamFactory(auto=True)
         hub = Hub(["example.com"], 100, factory, node_id=node_id)
         manager = Manager(TEST_LIMITS, hub)
         ws = WsEndpoint(hub, WsLimits(ping_interval=0))
@@ -225,3 +224,59 @@ async def test_a_draining_cluster_node_answers_new_sessions_503_so_the_balancer_
             assert factory.opened == [] and len(hub.registry) == 0
         finally:
             await client.close()
+
+
+async def test_a_client_that_stops_reading_pauses_upstream_and_is_cut_off_after_the_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backpressure and a bounded close: a client that never reads keeps the kernel buffer
+    full; bosh-cm pauses reading upstream (no unbounded buffering) and, once the session has
+    ended, drops the connection within CLOSE_DEADLINE instead of waiting forever to drain."""
+    import base64
+    import os
+    import socket
+
+    from bosh import ws_web
+    from tests.driver._fakes import FakeUpstreamFactory
+
+    monkeypatch.setattr(ws_web, "CLOSE_DEADLINE", 0.5)
+    factory = FakeUpstreamFactory()
+    hub = Hub(["example.com"], 100, factory, max_stanza_bytes=4096)
+    ws = WsEndpoint(hub, WsLimits(max_message_bytes=4096, ping_interval=0), max_queued_bytes=65536)
+    client = TestClient(TestServer(make_app(Manager(TEST_LIMITS, hub), HttpConfig(path=PATH),
+                                            websocket=ws, ws_config=WebSocketConfig())))
+    await client.start_server()
+    loop = asyncio.get_running_loop()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    try:
+        await loop.sock_connect(raw, ("127.0.0.1", client.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(raw, (
+            f"GET {WS_PATH} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: xmpp\r\n\r\n").encode())
+        assert b" 101 " in (await asyncio.wait_for(loop.sock_recv(raw, 200), DEADLINE)).split(b"\r\n")[0]
+        mask = os.urandom(4)
+        payload = OPEN.encode()
+        await loop.sock_sendall(raw, bytes([0x81, 0x80 | len(payload)]) + mask
+                                + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+        up = await factory.next_open(1)
+        up.ready()
+        big = b"<message xmlns='jabber:client'><body>" + b"x" * 8000 + b"</body></message>"
+        deadline = loop.time() + DEADLINE
+        while not up.paused:  # the client reads nothing: the server's stream gets paused
+            assert loop.time() < deadline, "upstream reading never paused"
+            up.deliver(big)
+            await asyncio.sleep(0)
+        driver = next(iter(hub.registry))
+        assert driver.socket.queued_bytes() < 65536 + 2 * len(big) + 2 ** 20  # bounded
+        up.lose()  # the session ends; its close waits behind data the client never reads
+        assert len(hub.registry) == 0
+        deadline = loop.time() + 5
+        while not driver.socket._transport.is_closing():
+            assert loop.time() < deadline, "the connection outlived its session"
+            await asyncio.sleep(0.02)
+    finally:
+        raw.close()
+        await client.close()
