@@ -58,3 +58,32 @@ def test_bridge_knows_only_the_bosh_ports_errors_and_config() -> None:
     for path in (ROOT / "xmpp_bridge").glob("*.py"):
         from_bosh = {n for n in imports(path) if n.split(".")[0] == "bosh"}
         assert from_bosh <= BRIDGE_MAY_USE, (path, from_bosh - BRIDGE_MAY_USE)
+
+
+def _python_files_under_scripts() -> list[Path]:
+    """Every Python source under scripts/: ``*.py`` and the extensionless Python entry points
+    (``#!... python`` first line, e.g. scripts/bosh-soak)."""
+    out = []
+    for path in sorted((ROOT / "scripts").rglob("*")):
+        if not path.is_file() or any(p.startswith((".", "__pycache__")) for p in
+                                     path.relative_to(ROOT).parts):
+            continue
+        if path.suffix == ".py":
+            out.append(path)
+        elif not path.suffix:
+            with path.open("rb") as f:
+                first = f.readline()
+            if first.startswith(b"#!") and b"python" in first:
+                out.append(path)
+    return out
+
+
+def test_scripts_do_not_import_the_tests() -> None:
+    """Design.md §8 rule 9: scripts stand alone; what they share with the tests lives in
+    scripts/lib and tests/support re-exports it. Any import of ``tests`` or ``tests.*``
+    anywhere in a file (also inside functions) counts."""
+    files = _python_files_under_scripts()
+    assert any(p.name == "bosh-soak" for p in files) and len(files) > 20, files
+    bad = {str(p.relative_to(ROOT)): sorted(n for n in imports(p) if top({n}) == {"tests"})
+           for p in files}
+    assert not {k: v for k, v in bad.items() if v}

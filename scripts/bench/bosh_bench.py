@@ -59,7 +59,7 @@ from procstat import (  # noqa: E402
 from servers import PASSWORD, REPO, BenchBoshCM, BenchCluster, BenchProsody, node_metrics  # noqa: E402
 from loadgen import BoshLoad, WsLoad  # noqa: E402
 
-from tests.support.xmppclient import XmppPeer  # noqa: E402
+from scripts.lib.xmppclient import XmppPeer  # noqa: E402
 
 TARGETS = ("bosh-cm", "prosody")
 # --nodes N: bosh-cm through bosh-cm-cluster (HAProxy + N nodes), beside the two above.

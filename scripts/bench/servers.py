@@ -1,6 +1,6 @@
 """The two servers under test: a throwaway Prosody tuned for load, and bosh-cm in front of it.
 
-Prosody comes from the test fixture (tests/support/prosody.py) with a few global options
+Prosody comes from the shared throwaway server (scripts/lib/prosody.py) with a few global options
 appended: no per-connection idle timeouts that would cut held sessions, quieter logging
 (one INFO line per connection is CPU we would otherwise measure), and the BOSH limits
 raised. mod_limits (c2s rate limiting) is not in the fixture's module list; we check.
@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.support.boshcm import render_toml  # noqa: E402
+from scripts.lib.boshcm import render_toml  # noqa: E402
 from procstat import child_pids  # noqa: E402
-from tests.support.prosody import (  # noqa: E402
-    ProsodyServer, _encode_store_name, _lua, free_port, scram_account_text,
+from scripts.lib.prosody import (  # noqa: E402
+    ProsodyServer, encode_store_name, free_port, lua, scram_account_text,
 )
 
 __all__ = ["BenchProsody", "BenchBoshCM", "BenchCluster", "PASSWORD", "user_name",
@@ -66,9 +66,9 @@ class BenchProsody(ProsodyServer):
             raise RuntimeError("mod_limits is enabled in the generated config: c2s would be throttled")
         if self.bosh and not re.search(r'modules_enabled = \{[^}]*"websocket"', text):
             raise RuntimeError("mod_websocket is not enabled in the generated config "
-                               "(tests/support/prosody.py): --transport websocket needs it")
+                               "(scripts/lib/prosody.py): --transport websocket needs it")
         head, sep, tail = text.partition("\nVirtualHost ")
-        extra = _EXTRA_CONFIG % {"log": _lua(str(self.log_path))}
+        extra = _EXTRA_CONFIG % {"log": lua(str(self.log_path))}
         self.config_path.write_text(head + extra + sep + tail)
 
     def create_users(self, count: int, iterations: int = 4096) -> None:
@@ -77,12 +77,12 @@ class BenchProsody(ProsodyServer):
         Same store format as ``register_many`` (SCRAM-SHA-1 keys), but the keys are derived
         once and shared: thousands of PBKDF2 runs would take longer than the benchmark.
         """
-        folder = self.data_path / _encode_store_name(self.domain) / "accounts"
+        folder = self.data_path / encode_store_name(self.domain) / "accounts"
         folder.mkdir(parents=True, exist_ok=True)
         text = scram_account_text(PASSWORD, "benchsalt0123456789abcdef", iterations)
         names = [user_name(i) for i in range(count)] + ["sender"]
         for name in names:
-            target = folder / (_encode_store_name(name) + ".dat")
+            target = folder / (encode_store_name(name) + ".dat")
             if not target.exists() or target.read_text() != text:
                 target.write_text(text)
 
@@ -161,7 +161,7 @@ def bench_cm_config(prosody: "BenchProsody", port: int, *, log_level: str = "INF
 class BenchBoshCM:
     """``python -m bosh --config`` in front of a :class:`BenchProsody`, output to a file.
 
-    (tests/support/boshcm.py pipes the output through a thread of ours; at thousands of
+    (scripts/lib/boshcm.py pipes the output through a thread of ours; at thousands of
     sessions that thread would compete with the load generator for the GIL.)
     """
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from lxml import etree
+
+from bosh import sasl  # sans-IO, no I/O: the product's SASL client (one SCRAM)
 
 from .rawhttp import Conn, HttpError, HttpResponse, request
 
@@ -399,21 +399,12 @@ class Sess:
         to = self.ctx.sasl_timeout
         mechs = self.mechanisms()
         if "PLAIN" in mechs:
-            token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-            await self.req(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth>")
-            el = await self._sasl_result(to)
+            mech = "PLAIN"
         elif "SCRAM-SHA-1" in mechs:
-            scram = Scram(user, password)
-            await self.req(f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-1'>{_b64(scram.first())}</auth>")
-            el = await self._sasl_result(to)
-            ensure(el.tag == f"{{{SASL}}}challenge", f"expected a SCRAM challenge, got {el.tag}")
-            final = scram.final(base64.b64decode(el.text or ""))
-            await self.req(f"<response xmlns='{SASL}'>{_b64(final)}</response>")
-            el = await self._sasl_result(to)
-            if el.tag == f"{{{SASL}}}success":
-                scram.verify(base64.b64decode(el.text or ""))
+            mech = "SCRAM-SHA-1"
         else:
             raise Skip(f"no SASL mechanism we speak (offered: {mechs or 'none'})")
+        el = await self._sasl(sasl.client(mech, user, password), to)
         ensure(el.tag == f"{{{SASL}}}success", f"SASL did not succeed: {short(etree.tostring(el))}")
         r = await self.req("", xmpp_restart=restart_value, to=self.ctx.domain, xml_lang="en")
         self.features = self.take(lambda e: e.tag == FEATURES)
@@ -434,6 +425,23 @@ class Sess:
     async def _sasl_result(self, timeout: float) -> etree._Element:
         want = {f"{{{SASL}}}{n}" for n in ("success", "failure", "challenge")}
         return await self.poll_until(lambda e: e.tag in want, timeout)
+
+    async def _sasl(self, mech: sasl.Mechanism, timeout: float) -> etree._Element:
+        """One SASL exchange (RFC 6120 §6.4) with a :mod:`bosh.sasl` mechanism; returns the
+        final ``<success/>`` or ``<failure/>``. A server answer the mechanism refuses (a bad
+        SCRAM signature, RFC 5802 §3) fails the check."""
+        await self.req(f"<auth xmlns='{SASL}' mechanism='{mech.name}'>{_b64(mech.initial())}</auth>")
+        try:
+            while True:
+                el = await self._sasl_result(timeout)
+                if el.tag != f"{{{SASL}}}challenge":
+                    if el.tag == f"{{{SASL}}}success":
+                        mech.success(_unb64(el.text))
+                    return el
+                answer = mech.challenge(_unb64(el.text))
+                await self.req(f"<response xmlns='{SASL}'>{_b64(answer)}</response>")
+        except sasl.SaslError as exc:
+            raise Fail(f"SASL {mech.name}: {exc}") from None
 
     async def iq(self, inner: str, type_: str = "get", to: str | None = None,
                  timeout: float | None = None) -> etree._Element:
@@ -510,40 +518,12 @@ def _int(value: str | None, default: Any) -> Any:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    return base64.b64encode(data).decode() if data else "="  # RFC 6120 §6.4.2: '=' is empty
 
 
-class Scram:
-    """SCRAM-SHA-1 (RFC 5802) client without channel binding."""
-
-    def __init__(self, user: str, password: str) -> None:
-        self._user = user.replace("=", "=3D").replace(",", "=2C")
-        self._pw = password.encode()
-        self.nonce = _b64(secrets.token_bytes(18))
-        self.first_bare = f"n={self._user},r={self.nonce}"
-        self._sig: bytes | None = None
-
-    def first(self) -> bytes:
-        return ("n,," + self.first_bare).encode()
-
-    def final(self, server_first: bytes) -> bytes:
-        attrs = dict(p.split("=", 1) for p in server_first.decode().split(","))
-        ensure(attrs["r"].startswith(self.nonce), "SCRAM: server nonce does not extend ours")
-        salted = hashlib.pbkdf2_hmac("sha1", self._pw, base64.b64decode(attrs["s"]), int(attrs["i"]))
-        client_key = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
-        stored = hashlib.sha1(client_key).digest()
-        without_proof = f"c={_b64(b'n,,')},r={attrs['r']}"
-        auth_msg = f"{self.first_bare},{server_first.decode()},{without_proof}".encode()
-        sig = hmac.new(stored, auth_msg, hashlib.sha1).digest()
-        proof = bytes(a ^ b for a, b in zip(client_key, sig))
-        self._sig = hmac.new(hmac.new(salted, b"Server Key", hashlib.sha1).digest(), auth_msg,
-                             hashlib.sha1).digest()
-        return f"{without_proof},p={_b64(proof)}".encode()
-
-    def verify(self, server_final: bytes) -> None:
-        attrs = dict(p.split("=", 1) for p in server_final.decode().split(","))
-        ensure(self._sig is not None and "v" in attrs and hmac.compare_digest(base64.b64decode(attrs["v"]), self._sig),
-               "SCRAM: bad server signature")
+def _unb64(text: str | None) -> bytes:
+    text = (text or "").strip()
+    return b"" if text in ("", "=") else base64.b64decode(text)
 
 
 # ---------------------------------------------------------------------- stanza helpers

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/conformance/compare.py [--markdown out.md] [--only 1-20] [--serve]
 
-Starts a throwaway Prosody (tests/support/prosody.py: loopback ports, STARTTLS, two users)
+Starts a throwaway Prosody (scripts/lib/prosody.py: loopback ports, STARTTLS, two users)
 and a bosh-cm process in front of it with the checklist's CM test profile, then runs
 ``scripts/bosh-conformance`` against bosh-cm's URL and against Prosody's /http-bind, and
 prints a table (item, level, bosh-cm, Prosody). ``--serve`` only starts both and prints
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from conformance.report import render  # noqa: E402
-from tests.support.boshcm import BoshCM  # noqa: E402
-from tests.support.prosody import ProsodyServer  # noqa: E402
+from scripts.lib.boshcm import BoshCM  # noqa: E402
+from scripts.lib.prosody import ProsodyServer  # noqa: E402
 
 USERS = {"conf1": "conf1-pw", "conf2": "conf2-pw"}
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import demo_server  # noqa: E402  (this folder)
-from tests.support.prosody import ProsodyError, ProsodyServer  # noqa: E402
+from scripts.lib.prosody import ProsodyError, ProsodyServer  # noqa: E402
 
 DOMAIN = "localhost"
 ACCOUNTS = [("alice", "alice-demo"), ("bob", "bob-demo")]

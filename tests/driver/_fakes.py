@@ -1,6 +1,11 @@
-"""A fake ``bosh.ports.UpstreamFactory`` for driver and web tests (design §8 rule 7: fake only
-the edges). It records what the session sends and lets the test play the server by calling
-the listener: ``upstream_ready``, ``upstream_elements``, ``upstream_closed``.
+"""The one fake ``bosh.ports.UpstreamFactory`` of the tests (design §8 rules 7 and 9: fake only
+the edges, one fake upstream). It records what the session sends and lets the test play the
+server by calling the listener: ``upstream_ready``, ``upstream_elements``, ``upstream_closed``.
+
+``FakeUpstreamFactory(auto=True)`` plays a live server by itself instead (the web, limits and
+fault tests): each stream becomes ready on the next loop turn, a restart is answered with a
+new header and the features, and (``echo=True``, the default there) every ``<message/>`` is
+echoed back; ``factory.live`` counts the streams not yet closed (leak checks).
 
 Imported as ``tests.driver._fakes``.
 """
@@ -24,6 +29,7 @@ XB = NS_XBOSH
 FEATURES = (b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
             b"<mechanism>PLAIN</mechanism></mechanisms></stream:features>")
 INFO = StreamInfo(from_="example.com", id="s1", version="1.0")
+RESTARTED = StreamInfo(from_="example.com", id="s2", version="1.0")  # the header after a restart
 PATH = "/http-bind"  # the BOSH endpoint path in the web tests
 DEADLINE = 3.0  # seconds any single await in these tests may take
 
@@ -39,22 +45,44 @@ class FakeUpstream:
     listener: UpstreamListener
     sent: list[ClientElement] = field(default_factory=list)
     restarts: list[StreamParams] = field(default_factory=list)
-    closed: int = 0
+    closed: int = 0  # close() calls
     paused: bool = False
+    pauses: int = 0
+    resumes: int = 0
     closed_event: asyncio.Event = field(default_factory=asyncio.Event)
     sent_event: asyncio.Event = field(default_factory=asyncio.Event)
     fail_send: bool = False
     end_stream: bool | None = None  # how the last close() was asked for
+    lost: bool = False  # lose() was played
+    #: Play the server by itself (see the module docstring); ``echo`` only with ``auto``.
+    auto: bool = False
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        if self.auto:
+            asyncio.get_running_loop().call_soon(self._auto_ready)
+
+    @property
+    def live(self) -> bool:
+        """Neither closed by the session nor lost."""
+        return not self.closed and not self.lost
 
     # -- bosh.ports.Upstream --
     def send(self, elements: Sequence[ClientElement]) -> None:
         if self.fail_send:
             raise RuntimeError("injected upstream failure")
+        if self.auto:
+            assert self.live, "send after close"
         self.sent.extend(elements)
         self.sent_event.set()
+        echo = [e.data for e in elements if e.name == "message"]
+        if echo and self.echo:
+            asyncio.get_running_loop().call_soon(self._if_live, self.deliver, *echo)
 
     def restart(self, params: StreamParams) -> None:
         self.restarts.append(params)
+        if self.auto and self.live:
+            asyncio.get_running_loop().call_soon(self._if_live, self._auto_restarted)
 
     def close(self, end_stream: bool = True) -> None:
         self.closed += 1
@@ -63,9 +91,11 @@ class FakeUpstream:
 
     def pause_reading(self) -> None:
         self.paused = True
+        self.pauses += 1
 
     def resume_reading(self) -> None:
         self.paused = False
+        self.resumes += 1
 
     # -- playing the server --
     def ready(self, info: StreamInfo = INFO, features: bytes = FEATURES) -> None:
@@ -76,6 +106,9 @@ class FakeUpstream:
 
     def lose(self, stream_error: bytes | None = None) -> None:
         """The server ends the stream (with ``stream_error``) or the connection is lost."""
+        if self.auto and not self.live:
+            return  # a server that is gone says nothing more
+        self.lost = True
         self.listener.upstream_closed(stream_error)
 
     def restarted(self, info: StreamInfo = INFO) -> None:
@@ -85,16 +118,36 @@ class FakeUpstream:
     def sent_data(self) -> list[bytes]:
         return [e.data for e in self.sent]
 
+    # -- auto mode: callbacks on later loop turns, dropped once the stream is gone --
+    def _if_live(self, fn: Callable[..., object], *args: object) -> None:
+        if self.live:
+            fn(*args)
+
+    def _auto_ready(self) -> None:
+        self._if_live(self.ready)
+
+    def _auto_restarted(self) -> None:
+        self.restarted(RESTARTED)
+        self.deliver(FEATURES)
+
 
 class FakeUpstreamFactory:
-    """Implements ``bosh.ports.UpstreamFactory``; ``open`` returns at once."""
+    """Implements ``bosh.ports.UpstreamFactory``; ``open`` returns at once. With ``auto`` its
+    streams play a live server by themselves (and ``echo`` messages back)."""
 
-    def __init__(self) -> None:
+    def __init__(self, auto: bool = False, echo: bool | None = None) -> None:
+        self.auto = auto
+        self.echo = auto if echo is None else echo
         self.opened: list[FakeUpstream] = []
         self._opened_event = asyncio.Event()
 
+    @property
+    def live(self) -> int:
+        """Streams opened and neither closed nor lost (leak checks)."""
+        return sum(1 for up in self.opened if up.live)
+
     def open(self, params: StreamParams, listener: UpstreamListener) -> FakeUpstream:
-        up = FakeUpstream(params, listener)
+        up = FakeUpstream(params, listener, auto=self.auto, echo=self.echo)
         self.opened.append(up)
         self._opened_event.set()
         return up

@@ -14,7 +14,8 @@ from bosh.__main__ import build_manager
 from bosh.driver import Manager, Reply
 from bosh.errors import BoshError, Condition
 from bosh.limits import ClientLimits, PerIpPolicy, client_address, parse_networks
-from tests.faults._ops import EchoFactory, attr, create_body, req_body
+from tests.driver._fakes import FakeUpstreamFactory
+from tests.faults._ops import attr, create_body, req_body
 
 # --------------------------------------------------------------------------- sans-IO limits
 
@@ -85,7 +86,7 @@ def test_bad_trusted_proxies_and_half_tls_config_are_errors_naming_the_key() -> 
 
 # --------------------------------------------------------------------------- through the Manager
 
-def make_manager(factory: EchoFactory, **bosh: object) -> Manager:
+def make_manager(factory: FakeUpstreamFactory, **bosh: object) -> Manager:
     cfg = config_mod.from_mapping({"bosh": {"max_wait": 2, **bosh},
                                    "upstream": {"domains": ["example.com"]}})
     return build_manager(cfg, factory)
@@ -100,7 +101,7 @@ async def create(manager: Manager, ip: str, rid: int = 1000) -> Reply:
 
 
 async def test_sessions_per_ip_limit_answers_policy_violation_and_frees_on_end() -> None:
-    factory = EchoFactory()
+    factory = FakeUpstreamFactory(auto=True)
     m = make_manager(factory, max_sessions_per_ip=2)
     a = await create(m, "192.0.2.1")
     await create(m, "192.0.2.1")
@@ -119,7 +120,7 @@ async def test_sessions_per_ip_limit_answers_policy_violation_and_frees_on_end()
 
 
 async def test_new_sessions_per_ip_per_minute_limit() -> None:
-    m = make_manager(EchoFactory(), new_sessions_per_ip_per_minute=2, max_sessions_per_ip=0)
+    m = make_manager(FakeUpstreamFactory(auto=True), new_sessions_per_ip_per_minute=2, max_sessions_per_ip=0)
     for _ in range(2):
         r = await create(m, "192.0.2.5")
         sid = attr(r.body, "sid")
@@ -132,7 +133,7 @@ async def test_new_sessions_per_ip_per_minute_limit() -> None:
 
 
 async def test_oversized_stanza_ends_the_session_with_policy_violation_before_upstream() -> None:
-    factory = EchoFactory(echo=False)
+    factory = FakeUpstreamFactory(auto=True, echo=False)
     m = make_manager(factory, max_stanza_bytes=1024)
     sid = attr((await create(m, "192.0.2.1")).body, "sid")
     assert sid
@@ -167,7 +168,7 @@ async def test_max_queued_bytes_from_config_pauses_upstream_reading(configured, 
     """[bosh] max_queued_bytes reaches the core: with 4 KiB configured, 8 KiB queued for a
     client that does not poll pauses upstream reading; the next request drains and resumes.
     With the default (1 MiB) the same 8 KiB does not pause."""
-    factory = EchoFactory(echo=False)
+    factory = FakeUpstreamFactory(auto=True, echo=False)
     extra = {} if configured is None else {"max_queued_bytes": configured}
     m = make_manager(factory, **extra)
     sid = attr((await create(m, "192.0.2.1")).body, "sid")
@@ -185,7 +186,7 @@ async def test_max_queued_bytes_from_config_pauses_upstream_reading(configured, 
 
 
 async def test_metrics_count_sessions_requests_stanzas_and_conditions() -> None:
-    m = make_manager(EchoFactory())
+    m = make_manager(FakeUpstreamFactory(auto=True))
     sid = attr((await create(m, "192.0.2.1")).body, "sid")
     assert sid
     msg = "<message to='b@example.com'><body>hello</body></message>"
@@ -227,7 +228,7 @@ def test_per_ip_refusals_warn_once_per_address_per_minute(caplog: pytest.LogCapt
 
     from tests.driver._fakes import ManualClock
 
-    hub = Hub(["example.com"], 100, EchoFactory(),  # type: ignore[arg-type]
+    hub = Hub(["example.com"], 100, FakeUpstreamFactory(auto=True),  # type: ignore[arg-type]
               client_limits=ClientLimits(PerIpPolicy(max_sessions_per_ip=1)), clock=ManualClock())
     hub.admit("192.0.2.1", 10.0)
     with caplog.at_level("DEBUG", logger="bosh.hub"):

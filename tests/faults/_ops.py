@@ -1,7 +1,8 @@
 """Helpers for the operations tests (limits, faults, signals, fuzz): fakes at the edges only.
 
-* :class:`EchoFactory` - a ``bosh.ports.UpstreamFactory`` whose streams become ready on the
-  next loop turn and echo every ``<message/>`` back; counts open streams (leak checks).
+* the fake upstream is the one of the driver tests: ``FakeUpstreamFactory(auto=True)`` in
+  ``tests/driver/_fakes.py`` (ready on the next loop turn, echoes ``<message/>``, counts
+  the streams still open).
 * :func:`serve_app` - the real aiohttp app on a real loopback port (raw-socket tests).
 * :func:`raw_http` - one hand-written HTTP/1.1 exchange on a fresh TCP connection.
 * :class:`FakeXmppServer` - a plaintext XMPP server that records what bosh-cm writes
@@ -14,99 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from aiohttp import web
 
 from bosh.config import HttpConfig
-from bosh.errors import Condition
 from bosh.web import make_runner
-from bosh.ports import NS_HTTPBIND, NS_XBOSH, ClientElement, StreamInfo, StreamParams, UpstreamListener
+from bosh.ports import NS_HTTPBIND, NS_XBOSH
+from tests.support.prosody import free_port  # the one copy (scripts/lib/prosody.py)
 
 NS = NS_HTTPBIND
 XB = NS_XBOSH
-FEATURES = (b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
-            b"<mechanism>PLAIN</mechanism></mechanisms></stream:features>")
 DEADLINE = 5.0
 
-
-class EchoUpstream:
-    def __init__(self, factory: "EchoFactory", params: StreamParams, listener: UpstreamListener) -> None:
-        self.factory = factory
-        self.params = params
-        self.listener = listener
-        self.sent: list[ClientElement] = []
-        self.closed = False
-        self.paused = False
-        self.pauses = 0
-        self.resumes = 0
-        asyncio.get_running_loop().call_soon(self._ready)
-
-    def _ready(self) -> None:
-        if not self.closed:
-            self.listener.upstream_ready(StreamInfo("example.com", "id1", "1.0"), FEATURES)
-
-    def send(self, elements: Sequence[ClientElement]) -> None:
-        assert not self.closed, "send after close"
-        self.sent.extend(elements)
-        echo = [e.data for e in elements if e.name == "message"]
-        if echo and self.factory.echo:
-            asyncio.get_running_loop().call_soon(self._deliver, echo)
-
-    def _deliver(self, data: list[bytes]) -> None:
-        if not self.closed:
-            self.listener.upstream_elements(data)
-
-    def restart(self, params: StreamParams) -> None:
-        if not self.closed:
-            asyncio.get_running_loop().call_soon(self._restarted)
-
-    def _restarted(self) -> None:
-        if not self.closed:
-            self.listener.upstream_header(StreamInfo("example.com", "id2", "1.0"))
-            self.listener.upstream_elements([FEATURES])
-
-    def close(self, end_stream: bool = True) -> None:
-        self.end_stream = end_stream
-        if not self.closed:
-            self.closed = True
-            self.factory.live -= 1
-
-    def pause_reading(self) -> None:
-        self.paused = True
-        self.pauses += 1
-
-    def resume_reading(self) -> None:
-        self.paused = False
-        self.resumes += 1
-
-    def lose(self, stream_error: bytes | None = None) -> None:
-        """Play a server that went away (with ``stream_error``, or the TCP connection lost)."""
-        if not self.closed:
-            self.closed = True
-            self.factory.live -= 1
-            self.listener.upstream_closed(stream_error)
-
-
-class EchoFactory:
-    def __init__(self, echo: bool = True) -> None:
-        self.echo = echo
-        self.opened: list[EchoUpstream] = []
-        self.live = 0
-
-    def open(self, params: StreamParams, listener: UpstreamListener) -> EchoUpstream:
-        up = EchoUpstream(self, params, listener)
-        self.opened.append(up)
-        self.live += 1
-        return up
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -29,7 +29,8 @@ from bosh import config as config_mod
 from bosh.__main__ import build_manager
 from bosh.errors import Condition
 from bosh.web import make_app
-from tests.faults._ops import NS, XB, EchoFactory, attr, create_body, req_body, serve_app
+from tests.driver._fakes import FakeUpstreamFactory
+from tests.faults._ops import NS, XB, attr, create_body, req_body, serve_app
 
 BATCH = 40
 BATCHES = 60          # in-process: 2,400 generated bodies
@@ -184,7 +185,7 @@ class LiveApp:
             "bosh": {"max_wait": 5, "max_inactivity": 30, "max_sessions_per_ip": 0,
                      "new_sessions_per_ip_per_minute": 0, "max_stanza_bytes": 2048, "max_pause": 10},
             "upstream": {"domains": ["example.com"], "routes": ["xmpp:127.0.0.1:1"]}})
-        self.factory = EchoFactory()
+        self.factory = FakeUpstreamFactory(auto=True)
 
         async def setup() -> Any:
             self.manager = build_manager(cfg, self.factory)

@@ -13,7 +13,7 @@ import subprocess
 import aiohttp
 import pytest
 
-import tests.support.boshcm as boshcm_mod
+import scripts.lib.boshcm as boshcm_mod  # its _READY pattern is read there (the one copy)
 from tests.support.boshclient import BoshClient, is_presence
 from tests.support.prosody import USERS
 

@@ -1,5 +1,7 @@
-"""Test support: real components (Prosody, bosh-cm) and a black-box BOSH client.
+"""Test support: real components (Prosody, ejabberd, nginx, bosh-cm) and black-box clients.
 
-Importable from tests, from ``scripts/run`` (the demo launcher) and from benchmarks, with the
-repository root on ``sys.path``: ``from tests.support.prosody import ProsodyServer``.
+The pieces the scripts need too (Prosody, bosh-cm as a subprocess, the BOSH client, the XMPP
+peer) live in ``scripts/lib/``; the modules of the same name here re-export them, so tests
+keep importing ``from tests.support.prosody import ProsodyServer`` and scripts never import
+tests (design.md §8 rule 9).
 """

@@ -3,43 +3,22 @@
 ``UPSTREAMS`` (a comma list, default ``prosody,ejabberd``) picks the servers for the tests
 marked ``every_upstream`` (see tests/conftest.py); the other integration tests use Prosody
 only. Both server classes offer the same surface (:class:`XmppServer`). pytest is imported
-only by the functions that need it: scripts import the support modules too.
+only by the functions that need it. :class:`XmppServer` lives in ``scripts/lib/upstreams.py``
+(the scripts type against it too) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
 
+from scripts.lib.upstreams import XmppServer
 from tests.support.ejabberd import EjabberdServer, ejabberd_missing_reason
 from tests.support.prosody import ProsodyServer, prosody_available
 
 __all__ = ["UPSTREAM_KINDS", "XmppServer", "upstream_names", "require_upstream", "make_server"]
 
 UPSTREAM_KINDS = ("prosody", "ejabberd")
-
-
-class XmppServer(Protocol):
-    """What the tests use of a throwaway server (ProsodyServer, EjabberdServer)."""
-
-    domain: str
-    host: str
-    c2s_port: int
-    cert_path: Path
-
-    @property
-    def running(self) -> bool: ...
-
-    def start(self, timeout: float = ...) -> None: ...
-
-    def stop(self, timeout: float = ...) -> None: ...
-
-    def kill(self) -> None: ...
-
-    def register(self, user: str, password: str) -> None: ...
-
-    def log_tail(self, offset: int = ..., limit: int = ...) -> str: ...
 
 
 def upstream_names() -> list[str]:

@@ -41,8 +41,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from lxml import etree
 
+from bosh import sasl
 from tests.support.boshclient import (NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, SaslFailure,
-                                      is_message, is_presence, is_tag, scram_sha1_client)
+                                      bind_resource, is_message, is_presence, is_tag,
+                                      sasl_exchange)
 
 __all__ = [
     "NS_FRAMING", "NS_SM", "NS_STREAMS_ERR", "NS_TLS", "NS_BIND", "NS_CLIENT", "NS_SASL", "NS_STREAM",
@@ -447,38 +449,26 @@ class WsClient:
             raise SaslFailure(el)
         return el
 
+    async def auth(self, user: str, password: str, mechanism: str = "PLAIN",
+                   timeout: float = 10) -> None:
+        """SASL with a :mod:`bosh.sasl` mechanism, the exchange of the BOSH client
+        (:func:`sasl_exchange`); SCRAM verifies the server signature."""
+        await sasl_exchange(sasl.client(mechanism, user, password), self.send_raw,
+                            lambda: self._sasl_result(timeout), WsProtocolError)
+
     async def auth_plain(self, user: str, password: str, timeout: float = 10) -> None:
-        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-        await self.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{token}</auth>")
-        el = await self._sasl_result(timeout)
-        if el.tag != f"{{{NS_SASL}}}success":
-            raise WsProtocolError(f"unexpected SASL reply {el.tag}")
+        await self.auth(user, password, "PLAIN", timeout)
 
     async def auth_scram_sha1(self, user: str, password: str, timeout: float = 10) -> None:
-        """SCRAM-SHA-1 (RFC 5802) with the SCRAM code of the BOSH client; verifies the
-        server signature."""
-        scram = scram_sha1_client(user, password)
-        first = base64.b64encode(scram.first()).decode()
-        await self.send_raw(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-1'>{first}</auth>")
-        el = await self._sasl_result(timeout)
-        if el.tag != f"{{{NS_SASL}}}challenge":
-            raise WsProtocolError(f"expected a SCRAM challenge, got {el.tag}")
-        final = base64.b64encode(scram.final(base64.b64decode(el.text or ""))).decode()
-        await self.send_raw(f"<response xmlns='{NS_SASL}'>{final}</response>")
-        el = await self._sasl_result(timeout)
-        if el.tag != f"{{{NS_SASL}}}success":
-            raise WsProtocolError(f"unexpected SASL reply {el.tag}")
-        scram.verify(base64.b64decode(el.text or ""))
+        """SCRAM-SHA-1 (RFC 5802); verifies the server signature."""
+        await self.auth(user, password, "SCRAM-SHA-1", timeout)
 
     async def authenticate(self, user: str, password: str, mechanism: str = "PLAIN",
                            timeout: float = 10) -> etree._Element:
         """SASL and the stream restart; returns the post-auth features."""
-        if mechanism == "PLAIN":
-            await self.auth_plain(user, password, timeout)
-        elif mechanism == "SCRAM-SHA-1":
-            await self.auth_scram_sha1(user, password, timeout)
-        else:
+        if mechanism not in sasl.MECHANISMS:
             raise ValueError(mechanism)
+        await self.auth(user, password, mechanism, timeout)
         return await self.restart(timeout)
 
     async def iq(self, payload: str, type_: str = "get", to: str | None = None,
@@ -489,15 +479,8 @@ class WsClient:
         return await self.wait_for(lambda e: e.tag == f"{{{NS_CLIENT}}}iq" and e.get("id") == iq_id, timeout)
 
     async def bind(self, resource: str | None = None, timeout: float = 10) -> str:
-        inner = f"<resource>{resource}</resource>" if resource else ""
-        res = await self.iq(f"<bind xmlns='{NS_BIND}'>{inner}</bind>", "set", timeout=timeout)
-        if res.get("type") != "result":
-            raise WsProtocolError(f"bind failed: {etree.tostring(res)!r}")
-        self.jid = res.findtext(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
-        sess = self.features.find("{urn:ietf:params:xml:ns:xmpp-session}session") \
-            if self.features is not None else None
-        if sess is not None and sess.find("{urn:ietf:params:xml:ns:xmpp-session}optional") is None:
-            await self.iq("<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>", "set")
+        """Resource binding (RFC 6120 §7), the BOSH client's steps (:func:`bind_resource`)."""
+        self.jid = await bind_resource(self.iq, self.features, resource, timeout, WsProtocolError)
         return self.jid or ""
 
     async def login(self, user: str, password: str, mechanism: str = "PLAIN",

@@ -13,8 +13,9 @@ from bosh import config as config_mod
 from bosh.__main__ import build_manager
 from bosh.driver import Manager
 from bosh.web import make_app
-from tests.faults._ops import (EchoFactory, Served, attr, create_body, eof_within, http_request,
-                               raw_http, read_response, serve_app)
+from tests.driver._fakes import FakeUpstreamFactory
+from tests.faults._ops import (Served, attr, create_body, eof_within, http_request, raw_http,
+                               read_response, serve_app)
 
 Start = Callable[..., Awaitable[tuple[Served, Manager]]]
 
@@ -27,7 +28,7 @@ async def start() -> AsyncIterator[Start]:
         cfg = config_mod.from_mapping({"http": {"max_body_bytes": 4096, **(http or {})},
                                        "bosh": {"max_wait": 2, **(bosh or {})},
                                        "upstream": {"domains": ["example.com"]}})
-        manager = build_manager(cfg, EchoFactory())
+        manager = build_manager(cfg, FakeUpstreamFactory(auto=True))
         served = await serve_app(make_app(manager, cfg.http), cfg.http)
         made.append((served, manager))
         return served, manager

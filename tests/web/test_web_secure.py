@@ -14,7 +14,8 @@ from bosh.__main__ import build_manager
 from bosh.driver import Manager
 from bosh.limits import forwarded_secure, parse_networks
 from bosh.web import make_app
-from tests.faults._ops import EchoFactory, Served, attr, create_body, http_request, raw_http, serve_app
+from tests.driver._fakes import FakeUpstreamFactory
+from tests.faults._ops import Served, attr, create_body, http_request, raw_http, serve_app
 
 NS = "http://jabber.org/protocol/httpbind"
 HTTPS = {"X-Forwarded-Proto": "https"}
@@ -25,7 +26,7 @@ async def served() -> AsyncIterator[tuple[Served, Manager]]:
     cfg = config_mod.from_mapping({"http": {"trusted_proxies": ["127.0.0.1"]},
                                    "bosh": {"max_wait": 1},
                                    "upstream": {"domains": ["example.com"]}})
-    manager = build_manager(cfg, EchoFactory())
+    manager = build_manager(cfg, FakeUpstreamFactory(auto=True))
     srv = await serve_app(make_app(manager, cfg.http), cfg.http)
     yield srv, manager
     await manager.shutdown()

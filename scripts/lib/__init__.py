@@ -1,0 +1,13 @@
+"""Pieces the scripts (bench, soak, demo, conformance comparison) and the tests share.
+
+Scripts stand alone and do not import ``tests`` (design.md §8 rule 9); the test suite's
+``tests/support/<name>.py`` re-exports the module of the same name here, so there is one copy:
+
+* :mod:`scripts.lib.prosody` - a throwaway Prosody (loopback, STARTTLS, users)
+* :mod:`scripts.lib.boshcm` - bosh-cm as a subprocess
+* :mod:`scripts.lib.boshclient` - the black-box BOSH client (SASL from :mod:`bosh.sasl`)
+* :mod:`scripts.lib.xmppclient` - a plain XMPP-over-TCP peer (slixmpp)
+* :mod:`scripts.lib.upstreams` - :class:`XmppServer`, what both throwaway servers offer
+
+Import with the repository root on ``sys.path``: ``from scripts.lib.prosody import ProsodyServer``.
+"""
