@@ -41,6 +41,8 @@ class Reply:
 
 # The answer that is no answer: close the connection (XEP-0124 §19.1, checklist #128).
 DROP = Reply(0, b"")
+#: Seconds a server-side end waits for the server's closing tag (Session.finish).
+FINISH_GRACE = 2.0
 # A draining cluster node's answer to a creation request: the balancer retries elsewhere.
 DRAINING = Reply(503, b"draining: retry on another node\n", "text/plain; charset=utf-8")
 
@@ -281,8 +283,9 @@ class SessionDriver(UpstreamLink):
         self._call(lambda s, now: s.shutdown(condition, now))
 
     def shutdown(self) -> None:
-        """SIGTERM: held requests get system-shutdown, the stream its footer (§17.2)."""
-        self.end(Condition.SYSTEM_SHUTDOWN)
+        """SIGTERM or the end of a drain: the stream gets its footer first and is read until
+        the server's, so nothing it sent meanwhile is lost; then system-shutdown (§17.2)."""
+        self._call(lambda s, now: s.finish(Condition.SYSTEM_SHUTDOWN, now, FINISH_GRACE))
 
     # -- the engine -------------------------------------------------------------------------
 

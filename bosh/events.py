@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from bosh.errors import Condition, StreamCondition
 from bosh.ports import ClientElement, StreamParams
 
-__all__ = ["OpenUpstream", "SendUpstream", "RestartUpstream", "CloseUpstream", "FlowControl",
+__all__ = ["OpenUpstream", "SendUpstream", "RestartUpstream", "CloseUpstream", "FinishUpstream",
+           "FlowControl",
            "SessionEnded", "EndCondition"]
 
 #: Why a session ended: a BOSH condition (XEP-0124 §17.2) or a stream error condition
@@ -43,6 +44,12 @@ class CloseUpstream:
     ``</stream:stream>`` so the server keeps an XEP-0198 session resumable (§5)."""
 
     end_stream: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FinishUpstream:
+    """Send ``</stream:stream>`` and keep reading until the server closes its stream too
+    (RFC 6120 §4.4): what it sent meanwhile still arrives; ``upstream_closed`` follows."""
 
 
 @dataclass(frozen=True, slots=True)

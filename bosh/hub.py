@@ -17,7 +17,8 @@ import logging
 from typing import Callable, ClassVar, Protocol, Sequence
 
 from bosh.errors import BoshError, Condition
-from bosh.events import CloseUpstream, EndCondition, FlowControl, OpenUpstream, RestartUpstream, SendUpstream
+from bosh.events import (CloseUpstream, EndCondition, FinishUpstream, FlowControl, OpenUpstream,
+                         RestartUpstream, SendUpstream)
 from bosh.limits import ClientLimits, PerIpLimitHit
 from bosh.metrics import Metrics
 from bosh.ports import Clock, StreamInfo, Upstream, UpstreamFactory
@@ -142,11 +143,19 @@ class Hub:
                 if domain is not None and domain.lower() not in self.domains:
                     session.end(Condition.HOST_GONE)
 
-    async def shutdown(self) -> None:
-        """Stop accepting sessions and end every open one the way its transport ends it."""
+    async def shutdown(self, wait: float = 3.0) -> None:
+        """Stop accepting sessions and end every open one the way its transport ends it;
+        wait (at most ``wait`` seconds) until they have: a BOSH session first reads what the
+        server still sends after our closing tag (``Session.finish``)."""
         self.accepting = False
         for session in self.registry:
             session.shutdown()
+        if len(self.registry) and wait > 0:
+            try:
+                await asyncio.wait_for(self._empty.wait(), wait)
+            except TimeoutError:
+                log.warning("shutdown: %d session(s) did not end within %g s", len(self.registry),
+                            wait)
 
     async def drain(self, timeout: float) -> None:
         """A cluster node's drain (SIGTERM with ``[cluster] node_id``, a rolling restart).
@@ -215,6 +224,9 @@ class UpstreamLink:
             if self.upstream is not None:
                 self.upstream.close(end_stream=ev.end_stream)
             self.upstream_gone()
+        elif isinstance(ev, FinishUpstream):
+            if self.upstream is not None:
+                self.upstream.finish()
         elif isinstance(ev, FlowControl):
             if self.upstream is not None:
                 if ev.paused:

@@ -123,6 +123,11 @@ class Upstream(Protocol):
         XEP-0198 §5).
         """
 
+    def finish(self) -> None:
+        """Send ``</stream:stream>`` and go on reading until the server's closing tag
+        (RFC 6120 §4.4); elements that arrive meanwhile are delivered as usual, then
+        ``upstream_closed(None)``. Nothing more is written. Idempotent."""
+
     def pause_reading(self) -> None:
         """Stop reading from the server (the session's queue is full); idempotent."""
 

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Hashable, Sequence, Union
 
 from bosh.errors import BoshError, Condition
-from bosh.events import CloseUpstream, FlowControl, OpenUpstream, RestartUpstream, SendUpstream, SessionEnded
+from bosh.events import (CloseUpstream, FinishUpstream, FlowControl, OpenUpstream, RestartUpstream,
+                         SendUpstream, SessionEnded)
 from bosh.ports import ClientElement, StreamInfo, StreamParams
 from bosh.wire import Body, bounce, parse_bool, parse_route, parse_uint, render_body, render_error, render_terminate
 
@@ -56,8 +57,8 @@ class Respond:
     status: int = 200
 
 
-Event = Union[Respond, OpenUpstream, SendUpstream, RestartUpstream, CloseUpstream, FlowControl,
-              SessionEnded]
+Event = Union[Respond, OpenUpstream, SendUpstream, RestartUpstream, CloseUpstream, FinishUpstream,
+              FlowControl, SessionEnded]
 
 
 class State(enum.Enum):
@@ -242,7 +243,7 @@ class Session:
         "_cache", "_cache_limit", "_creation_request", "_deadlines", "_doom", "_early",
         "_idle_since", "_inactivity", "_key", "_last_new", "_last_rid", "_now", "_out",
         "_parked", "_paused", "_pending", "_pending_bytes", "_slots", "_where", "sid", "state",
-        "terms",
+        "terms", "_finishing", "_finish_deadline", "_upstream_done",
     )
 
     def __init__(self, sid: str, terms: Terms, request: Hashable, now: float) -> None:
@@ -260,6 +261,9 @@ class Session:
         # With acks the cache keeps every unacknowledged answer (§9.2), within a bound.
         self._cache_limit = max(terms.requests, 32) if terms.acks else terms.requests
         self._pending: list[bytes] = []                   # from upstream, not yet delivered
+        self._finishing: Condition | None = None          # finish(): waiting for the server's close
+        self._finish_deadline = 0.0
+        self._upstream_done: Condition | None = None      # finished upstream; pending still to go
         self._pending_bytes = 0
         self._paused = False                              # upstream reading paused (FlowControl)
         self._early: list[ClientElement] = []             # from the client before upstream ready
@@ -342,6 +346,21 @@ class Session:
         self._now = now
         if self.state is State.ENDED or self.state is State.DOOMED:
             return self._take()
+        if self._finishing is not None and stream_error is None:
+            # The server answered our </stream:stream> (finish): everything it sent before has
+            # arrived. What the client has not read yet goes out first, then the terminate.
+            condition, self._finishing = self._finishing, None
+            if not self._live_rids():
+                if self._pending:
+                    self._upstream_done = condition  # settled by _take once the queue is empty
+                else:
+                    self._end(condition, close_upstream=False, others=condition)  # as shutdown()
+                return self._take()
+        self._gone(condition, stream_error)
+        return self._take()
+
+    def _gone(self, condition: Condition, stream_error: bytes | None) -> None:
+        """The upstream is gone: the client learns ``condition`` now, or with its next request."""
         payload = list(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
@@ -353,7 +372,7 @@ class Session:
             if request is not None:
                 self._emit(Respond(request, render_terminate(condition, payload), self._status(condition)))
             self._end(condition, close_upstream=False, others=condition)
-            return self._take()
+            return
         live = self._live_rids()
         if live:
             first, *rest = live
@@ -366,8 +385,7 @@ class Session:
             self.state = State.DOOMED
             self._doom = (condition, render_terminate(condition, payload))
             if self._idle_since is None:
-                self._idle_since = now
-        return self._take()
+                self._idle_since = self._now
 
     # -- inputs from the client -------------------------------------------------------------
 
@@ -453,6 +471,9 @@ class Session:
         self._now = now
         if self.state is State.ENDED:
             return self._take()
+        stuck = self._finishing or self._upstream_done
+        if stuck is not None and now >= self._finish_deadline:
+            return self.shutdown(stuck, now)  # the server never answered our closing tag
         for rid, deadline in list(self._deadlines.items()):
             if deadline <= now and rid in self._deadlines:
                 self._answer_pending(rid)  # §8: an empty body when 'wait' runs out
@@ -474,6 +495,30 @@ class Session:
             self._end(condition, close_upstream=self._doom is None)
         return self._take()
 
+    def finish(self, condition: Condition, now: float, grace: float) -> list[Event]:
+        """End the session from the server side without losing what is in flight.
+
+        ``</stream:stream>`` goes upstream first and the stream is read on until the server's
+        own closing tag (RFC 6120 §4.4): stanzas it routed here before it saw ours still reach
+        the client in ordinary responses; then the client gets ``condition``. A server
+        that does not answer within ``grace`` seconds is not waited for (:meth:`shutdown`).
+        Idempotent while finishing.
+        """
+        self._now = now
+        if self._finishing is not None or self._upstream_done is not None:
+            return self._take()
+        if self.state is not State.OPEN:
+            return self.shutdown(condition, now)
+        self._finishing = condition
+        self._finish_deadline = now + grace
+        if not self._live_rids():
+            # Nobody is polling: what waits now goes back to its senders while we still can
+            # write (XEP-0206 §7), as shutdown() does; what arrives from here on is delivered
+            # if the client polls before the server's closing tag or within ``grace``.
+            self._bounce_pending()
+        self._emit(FinishUpstream())
+        return self._take()
+
     def shutdown(self, condition: Condition, now: float) -> list[Event]:
         """End the session from the server side (e.g. system-shutdown, §17.2)."""
         self._now = now
@@ -490,6 +535,8 @@ class Session:
         if self.state is State.ENDED:
             return None
         candidates = [*self._deadlines.values(), *(p.deadline for p in self._parked.values())]
+        if self._finishing is not None or self._upstream_done is not None:
+            candidates.append(self._finish_deadline)
         if self._idle_since is not None and self._creation_request is None and not self._parked:
             candidates.append(self._idle_since + self._inactivity)
         return min(candidates) if candidates else None
@@ -497,6 +544,13 @@ class Session:
     # -- internals --------------------------------------------------------------------------
 
     def _take(self) -> list[Event]:
+        if self._upstream_done is not None and not self._pending and self.state is State.OPEN:
+            # finish(): the last stanzas were delivered; the session ends as shutdown() ends
+            # it (a held request learns the condition; the next request, item-not-found).
+            condition, self._upstream_done = self._upstream_done, None
+            for rid in self._live_rids():
+                self._answer(rid, _term(condition), (), cache=False)
+            self._end(condition, close_upstream=False, others=condition)
         out, self._out = self._out, []
         return out
 
@@ -681,11 +735,8 @@ class Session:
         for req in self._slots.values():
             if req is not None:
                 self._emit(Respond(req, render_terminate(others), self._status(others)))
-        if close_upstream and self._pending and self.state is State.OPEN:
-            # XEP-0206 §7: stanzas nobody will read go back to their senders.
-            bounces = tuple(b for b in map(bounce, self._pending) if b is not None)
-            if bounces:
-                self._emit(SendUpstream(bounces))
+        if close_upstream and self.state is State.OPEN:
+            self._bounce_pending()
         self._parked.clear()
         self._where.clear()
         self._slots.clear()
@@ -696,6 +747,16 @@ class Session:
         if close_upstream:
             self._emit(CloseUpstream())
         self._emit(SessionEnded(condition))
+
+    def _bounce_pending(self) -> None:
+        """XEP-0206 §7: stanzas nobody will read go back to their senders (while the stream
+        is still writable)."""
+        if self._pending:
+            bounces = tuple(b for b in map(bounce, self._pending) if b is not None)
+            if bounces:
+                self._emit(SendUpstream(bounces))
+            self._pending.clear()
+            self._pending_bytes = 0
 
     def _answer(self, rid: int, attrs: dict[str, str] | None, payload: Sequence[bytes],
                 status: int = 200, cache: bool = True, had_payload: bool | None = None) -> None:

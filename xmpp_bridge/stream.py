@@ -256,6 +256,7 @@ class BridgeStream(XMLStream):
         self._tls_task: asyncio.Task[bool] | None = None
         self._batch: list[ET.Element] | None = None
         self._stop_reading = False
+        self._footer_sent = False  # finish(): nothing more is written
         #: Attributes of the most recent server stream header (RFC 6120 §4.7).
         self.server_header: dict[str, str] = {}
 
@@ -502,12 +503,21 @@ class BridgeStream(XMLStream):
 
     def send_element(self, data: bytes) -> None:
         """Write one already-serialized client element (slixmpp ``send_raw``)."""
-        if self._state is _State.OPEN:
+        if self._state is _State.OPEN and not self._footer_sent:
             self._write(data)
+
+    def finish(self) -> None:
+        """Send our ``</stream:stream>`` and keep reading (RFC 6120 §4.4): the stream ends,
+        with the owner's ``stream_ended``, when the server's closing tag arrives."""
+        if self._state is not _State.OPEN or self._footer_sent:
+            return
+        self._footer_sent = True
+        self._cancel_timers()  # no keepalives after the footer
+        self._write(STREAM_FOOTER)
 
     def restart(self, header: bytes) -> None:
         """XEP-0206 §5 / RFC 6120 §4.3.3: new parser, new header, same TCP stream."""
-        if self._state is not _State.OPEN:
+        if self._state is not _State.OPEN or self._footer_sent:
             return
         self.init_parser()
         self._write(header)
@@ -536,7 +546,8 @@ class BridgeStream(XMLStream):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if send_footer and was in (_State.OPEN, _State.AWAIT_FEATURES, _State.STARTTLS_SENT):
+        if send_footer and not self._footer_sent \
+                and was in (_State.OPEN, _State.AWAIT_FEATURES, _State.STARTTLS_SENT):
             try:
                 transport.write(STREAM_FOOTER)
             except Exception:  # transport in a state where it refuses writes
@@ -583,7 +594,7 @@ class BridgeStream(XMLStream):
             self._count_error(exc, "stream_ended")
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            if error is not None or reason == "server closed the stream":
+            if (error is not None or reason == "server closed the stream") and not self._footer_sent:
                 # RFC 6120 §4.4: answer the server's closing tag with ours.
                 try:
                     transport.write(STREAM_FOOTER)

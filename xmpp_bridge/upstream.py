@@ -75,6 +75,7 @@ class BridgeStats:
 class _State(enum.Enum):
     CONNECTING = "connecting"
     OPEN = "open"
+    FINISHING = "finishing"  # finish(): our </stream:stream> sent, still reading
     ENDED = "ended"    # upstream_closed was called
     CLOSED = "closed"  # close() was called
 
@@ -150,6 +151,14 @@ class XmppUpstream:
         self._stream.shutdown(send_footer=end_stream)
         if not self._ready.done():
             self._ready.set_result(False)
+
+    def finish(self) -> None:
+        """RFC 6120 §4.4: send ``</stream:stream>`` and read on until the server's closing
+        tag; what it sent before seeing ours is still delivered, then ``upstream_closed``."""
+        if self._state is not _State.OPEN:
+            return
+        self._state = _State.FINISHING
+        self._stream.finish()
 
     def pause_reading(self) -> None:
         """Stop reading from the server while the session's outbound queue is too full."""
@@ -235,7 +244,7 @@ class XmppUpstream:
         self._call("upstream_header", self._listener.upstream_header, info)
 
     def stream_elements(self, elements: list[ET.Element]) -> None:
-        if self._state is not _State.OPEN or not elements:
+        if self._state not in (_State.OPEN, _State.FINISHING) or not elements:
             return
         # Features after a restart are filtered like the first ones (no -PLUS after SASL
         # either: the client never saw our TLS session).

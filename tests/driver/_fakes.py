@@ -53,6 +53,8 @@ class FakeUpstream:
     sent_event: asyncio.Event = field(default_factory=asyncio.Event)
     fail_send: bool = False
     end_stream: bool | None = None  # how the last close() was asked for
+    finished: int = 0               # finish() calls (our </stream:stream>, still reading)
+    hold_finish: bool = False       # the server does not answer our closing tag by itself
     lost: bool = False  # lose() was played
     #: Play the server by itself (see the module docstring); ``echo`` only with ``auto``.
     auto: bool = False
@@ -88,6 +90,17 @@ class FakeUpstream:
         self.closed += 1
         self.end_stream = end_stream
         self.closed_event.set()
+
+    def finish(self) -> None:
+        """Our closing tag: a prompt server answers with its own on the next loop turn
+        (unless the test holds it with ``hold_finish``), then the stream is gone."""
+        self.finished += 1
+        if not self.hold_finish:
+            asyncio.get_running_loop().call_soon(self._finished)
+
+    def _finished(self) -> None:
+        if not self.closed and not self.lost:
+            self.lose()
 
     def pause_reading(self) -> None:
         self.paused = True

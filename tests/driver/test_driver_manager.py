@@ -281,7 +281,8 @@ async def test_shutdown_answers_held_requests_with_system_shutdown(
     await until(held(manager, sid))
     await within(manager.shutdown())
     assert is_terminate(await within(task), "system-shutdown")
-    assert up.closed >= 1 and len(manager.registry) == 0
+    # RFC 6120 §4.4: our closing tag first, the stream read until the server's (finish)
+    assert up.finished == 1 and len(manager.registry) == 0
     refused = await within(manager.handle(create_body(), never_closing))
     assert is_terminate(refused, "system-shutdown")
     assert len(fake.opened) == 1
