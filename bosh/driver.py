@@ -19,7 +19,7 @@ from bosh.events import EndCondition, SessionEnded
 from bosh.hub import Hub, HubSession, UpstreamLink
 from bosh.limits import ClientLimits
 from bosh.metrics import Metrics
-from bosh.ports import StreamInfo, Timer
+from bosh.ports import StreamInfo
 from bosh.registry import Registry
 from bosh.xmltext import escape_text
 from bosh.session import DEFAULT_CONTENT, Event, Limits, Respond, Session, Terms, negotiate
@@ -190,7 +190,7 @@ class Manager:
 class SessionDriver(UpstreamLink):
     """Executes one BOSH session's events; is the session's ``UpstreamListener``."""
 
-    __slots__ = ("manager", "secure", "session", "_futures", "_closing", "_timer", "_timer_at")
+    __slots__ = ("manager", "secure", "session", "_futures", "_closing")
 
     transport = "bosh"
 
@@ -202,8 +202,6 @@ class SessionDriver(UpstreamLink):
         # Keyed by the request token the core sees (an int from Manager.next_request_id).
         self._futures: dict[Hashable, asyncio.Future[Reply]] = {}
         self._closing: dict[Hashable, IsClosing] = {}
-        self._timer: Timer | None = None
-        self._timer_at: float | None = None
 
     @property
     def domain(self) -> str | None:
@@ -355,21 +353,7 @@ class SessionDriver(UpstreamLink):
         self._closing.clear()
 
     def _arm(self) -> None:
-        deadline = self.session.next_deadline() if self.session is not None else None
-        if deadline == self._timer_at:
-            return
-        self._cancel_timer()
-        if deadline is not None:
-            self._timer = self._clock.call_at(deadline, self._on_timer)
-            self._timer_at = deadline
+        self.arm_timer(self.session.next_deadline() if self.session is not None else None)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self._timer_at = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def on_timer(self) -> None:
         self._call(lambda s, now: s.handle_timer(now))

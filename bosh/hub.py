@@ -21,7 +21,7 @@ from bosh.events import (CloseUpstream, EndCondition, FinishUpstream, FlowContro
                          RestartUpstream, SendUpstream)
 from bosh.limits import ClientLimits, PerIpLimitHit
 from bosh.metrics import Metrics
-from bosh.ports import Clock, StreamInfo, Upstream, UpstreamFactory
+from bosh.ports import Clock, StreamInfo, Timer, Upstream, UpstreamFactory
 from bosh.registry import Registry
 
 __all__ = ["Hub", "HubSession", "UpstreamLink", "TRANSPORTS"]
@@ -187,7 +187,7 @@ class UpstreamLink:
     the upstream's ``bosh.ports.UpstreamListener``."""
 
     __slots__ = ("hub", "sid", "client_ip", "upstream", "_loop", "_clock", "_upstream_live",
-                 "_opened_at", "_forgotten")
+                 "_opened_at", "_forgotten", "_timer", "_timer_at")
 
     transport: ClassVar[str]
 
@@ -198,9 +198,37 @@ class UpstreamLink:
         self.upstream: Upstream | None = None
         self._loop = asyncio.get_running_loop()  # futures only; time comes from the clock
         self._clock = hub.clock
+        self._timer: Timer | None = None
+        self._timer_at: float | None = None
         self._upstream_live = False
         self._opened_at: float | None = None
         self._forgotten = False
+
+    # -- the one timer per session (design.md §8 rule 5), for every transport's driver --------
+
+    def arm_timer(self, deadline: float | None) -> None:
+        """(Re-)arm the session's one timer, only when its deadline moved."""
+        if deadline == self._timer_at:
+            return
+        self._cancel_timer()
+        if deadline is not None:
+            self._timer = self._clock.call_at(deadline, self._fire)
+            self._timer_at = deadline
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.on_timer()
+
+    def on_timer(self) -> None:
+        """The deadline passed: the driver calls its core's ``handle_timer``."""
+        raise NotImplementedError
 
     def run_upstream_event(self, ev: object) -> bool:
         """Execute ``ev`` if it is one of the upstream events of ``bosh.events``."""

@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence
 from bosh.errors import BoshError, Condition, StreamCondition
 from bosh.events import SessionEnded
 from bosh.hub import Hub, UpstreamLink
-from bosh.ports import StreamInfo, Timer
+from bosh.ports import StreamInfo
 from bosh.ws_session import CloseSocket, SendPing, SendText, WsEvent, WsLimits, WsSession
 
 __all__ = ["ClientSocket", "WsEndpoint", "WsDriver"]
@@ -97,7 +97,7 @@ class WsEndpoint:
 class WsDriver(UpstreamLink):
     """Executes one WebSocket session's events; is its upstream's ``UpstreamListener``."""
 
-    __slots__ = ("endpoint", "socket", "session", "_timer", "_timer_at", "_paused")
+    __slots__ = ("endpoint", "socket", "session", "_paused")
 
     transport = "websocket"
 
@@ -107,8 +107,6 @@ class WsDriver(UpstreamLink):
         self.endpoint = endpoint
         self.socket = socket
         self.session = session
-        self._timer: Timer | None = None
-        self._timer_at: float | None = None
         self._paused = False
 
     @property
@@ -222,21 +220,7 @@ class WsDriver(UpstreamLink):
             log.exception("session %s: socket close failed", self.sid)
 
     def arm(self) -> None:
-        deadline = self.session.next_deadline()
-        if deadline == self._timer_at:
-            return
-        self._cancel_timer()
-        if deadline is not None:
-            self._timer = self._clock.call_at(deadline, self._on_timer)
-            self._timer_at = deadline
+        self.arm_timer(self.session.next_deadline())
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self._timer_at = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def on_timer(self) -> None:
         self.call(lambda s, now: s.handle_timer(now))
