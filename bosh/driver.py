@@ -57,8 +57,6 @@ class Manager:
     """The BOSH endpoint: every BOSH session of the process, on top of the shared :class:`Hub`
     (session table, limits, metrics, draining, reload: one for every transport)."""
 
-    transport = "bosh"
-
     def __init__(self, limits: Limits, hub: Hub) -> None:
         self.limits = limits
         self.hub = hub
@@ -279,6 +277,10 @@ class SessionDriver(UpstreamLink):
 
     def end(self, condition: Condition) -> None:
         self._call(lambda s, now: s.shutdown(condition, now))
+
+    def drain(self) -> None:
+        """A BOSH session cannot move to another node: it is served until it ends or the
+        drain times out (then :meth:`shutdown`)."""
 
     def shutdown(self) -> None:
         """SIGTERM or the end of a drain: the stream gets its footer first and is read until

@@ -51,6 +51,10 @@ class HubSession(Protocol):
     def shutdown(self) -> None:
         """The process stops (SIGTERM): end the session the way its transport does."""
 
+    def drain(self) -> None:
+        """A cluster drain begins: a session that can go on through another node is
+        released now; one that cannot keeps being served (``Hub.drain``)."""
+
 
 class Hub:
     """Sessions of every transport in one process, and the limits they share.
@@ -169,10 +173,9 @@ class Hub:
         """
         self.accepting = False
         for session in self.registry:
-            if session.transport != "bosh":
-                session.shutdown()
+            session.drain()
         if len(self.registry):
-            log.info("draining: %d BOSH session(s) left, waiting up to %g s", len(self.registry),
+            log.info("draining: %d session(s) left, waiting up to %g s", len(self.registry),
                      timeout)
             try:
                 await asyncio.wait_for(self._empty.wait(), timeout)

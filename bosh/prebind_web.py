@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from bosh.prebind import MAX_REQUEST_BYTES, PrebindError, PrebindService
-from bosh.web import request_client_ip, request_secure
+from bosh.web import read_body, request_client_ip, request_secure
 
 __all__ = ["PREBIND_KEY", "add_routes", "handle_prebind"]
 
@@ -44,23 +44,11 @@ def _error(exc: PrebindError) -> web.Response:
     return _json(exc.status, {"error": exc.message, "condition": exc.condition}, headers)
 
 
-async def _read(request: web.Request, limit: int) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await request.content.read(limit - size)
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
-
-
 async def handle_prebind(request: web.Request) -> web.Response:
     service = request.app[PREBIND_KEY]
     length = request.content_length
     data = b"" if length is not None and length > MAX_REQUEST_BYTES else \
-        await _read(request, MAX_REQUEST_BYTES + 1)
+        await read_body(request, MAX_REQUEST_BYTES + 1)
     if length is not None and length > MAX_REQUEST_BYTES or len(data) > MAX_REQUEST_BYTES:
         resp = _error(PrebindError(413, "policy-violation",
                                    f"request body over {MAX_REQUEST_BYTES} bytes"))

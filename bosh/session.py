@@ -354,7 +354,7 @@ class Session:
                 if self._pending:
                     self._upstream_done = condition  # settled by _take once the queue is empty
                 else:
-                    self._end(condition, close_upstream=False, others=condition)  # as shutdown()
+                    self._stop(condition, close_upstream=False)
                 return self._take()
         self._gone(condition, stream_error)
         return self._take()
@@ -523,13 +523,17 @@ class Session:
         """End the session from the server side (e.g. system-shutdown, §17.2)."""
         self._now = now
         if self.state is not State.ENDED:
-            if self._creation_request is not None:
-                self._emit(Respond(self._creation_request, render_terminate(condition)))
-                self._creation_request = None
-            for rid in self._live_rids():
-                self._answer(rid, _term(condition), (), cache=False)
-            self._end(condition, close_upstream=True, others=condition)
+            self._stop(condition, close_upstream=True)
         return self._take()
+
+    def _stop(self, condition: Condition, close_upstream: bool) -> None:
+        """Every waiting request learns ``condition``; the session ends."""
+        if self._creation_request is not None:
+            self._emit(Respond(self._creation_request, render_terminate(condition)))
+            self._creation_request = None
+        for rid in self._live_rids():
+            self._answer(rid, _term(condition), (), cache=False)
+        self._end(condition, close_upstream=close_upstream, others=condition)
 
     def next_deadline(self) -> float | None:
         if self.state is State.ENDED:
@@ -548,9 +552,7 @@ class Session:
             # finish(): the last stanzas were delivered; the session ends as shutdown() ends
             # it (a held request learns the condition; the next request, item-not-found).
             condition, self._upstream_done = self._upstream_done, None
-            for rid in self._live_rids():
-                self._answer(rid, _term(condition), (), cache=False)
-            self._end(condition, close_upstream=False, others=condition)
+            self._stop(condition, close_upstream=False)
         out, self._out = self._out, []
         return out
 

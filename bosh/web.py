@@ -143,7 +143,7 @@ def request_secure(request: web.Request) -> bool:
                             request.headers.getall("X-Forwarded-Proto", []), request.app[TRUSTED_KEY])
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, or its first ``limit`` bytes. ``StreamReader.read(n)`` returns what
     is buffered so far, so a body split over several TCP segments needs a loop."""
     parts: list[bytes] = []
@@ -176,7 +176,7 @@ async def handle_post(request: web.Request) -> web.Response:
         # Refuse without reading it all (checklist REC under §O).
         return _too_large(request)
     # Chunked uploads have no Content-Length: read one byte past the bound, no more.
-    data = await _read_body(request, cfg.max_body_bytes + 1)
+    data = await read_body(request, cfg.max_body_bytes + 1)
     if len(data) > cfg.max_body_bytes:
         return _too_large(request)
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()

@@ -52,8 +52,6 @@ class ClientSocket(Protocol):
 class WsEndpoint:
     """Every WebSocket session of the process, on top of the shared :class:`Hub`."""
 
-    transport = "websocket"
-
     def __init__(self, hub: Hub, limits: WsLimits, max_queued_bytes: int = 1_048_576) -> None:
         self.hub = hub
         self.limits = limits
@@ -148,6 +146,10 @@ class WsDriver(UpstreamLink):
 
     def shutdown(self) -> None:
         self.call(lambda s, now: s.shutdown(now))
+
+    def drain(self) -> None:
+        """Released at once: resumable sessions resume through another node (close 1012)."""
+        self.shutdown()
 
     # -- upstream listener -------------------------------------------------------------------
 

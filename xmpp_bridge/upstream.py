@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from bosh.config import UpstreamConfig
-from bosh.ports import ClientElement, StreamInfo, StreamParams, UpstreamListener
+from bosh.ports import NS_XML, ClientElement, StreamInfo, StreamParams, UpstreamListener
 from xmpp_bridge.routing import (DEFAULT_CLIENT_PORT, SRV_SERVICE, RoutePlan, order_srv_answers,
                                  plan_route)
 from xmpp_bridge.stream import BridgeStream, build_stream_header
@@ -290,7 +290,7 @@ def _stream_info(header: Mapping[str, str]) -> StreamInfo:
                       version=header.get("version"), lang=header.get(_XML_LANG))
 
 
-_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+_XML_LANG = f"{{{NS_XML}}}lang"
 
 
 class XmppUpstreamFactory:
