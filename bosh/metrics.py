@@ -29,7 +29,9 @@ bosh_transport_stanzas_total          counter    elements passed, by transport a
   {transport,direction}
 bosh_node_info{node_id}               gauge      1, labelled with [cluster] node_id ("" standalone)
 bosh_bridge_events_total{event}       counter    upstream bridge: opened, ready, failed, ended,
-                                                 dropped_elements, listener_errors, handler_errors
+                                                 dropped_elements, listener_errors, handler_errors,
+                                                 over_limit (a server element over
+                                                 [upstream] max_stanza_bytes/_depth)
 bosh_websocket_closes_total{code}     counter    WebSocket connections closed by bosh-cm, by
                                                  close code (1012 = released for resumption)
 ====================================  =========  ==============================================

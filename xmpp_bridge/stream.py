@@ -51,6 +51,8 @@ if _slixmpp_log.level < logging.INFO:  # NOTSET (0) inherits from the root: pin 
     _slixmpp_log.setLevel(logging.INFO)
 
 STREAM_FOOTER = b"</stream:stream>"
+_POLICY_VIOLATION = (b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                     b"</stream:error>")
 
 #: Plaintext read size per TLS connection (``SSLObject.read`` chunk). A TLS record carries
 #: at most 16 KiB of plaintext (RFC 8446 §5.1), so 32 KiB loses nothing (design.md
@@ -237,6 +239,10 @@ class BridgeStream(XMLStream):
     :param loop: the running event loop.
     :param proxy_protocol: "v1" or "v2": send the PROXY protocol header with
         ``params.client_ip`` before anything else; "off" (the default): none.
+    :param max_stanza_bytes: bytes one top-level element from the server may take
+        (``[upstream] max_stanza_bytes``); past it the stream ends with policy-violation.
+    :param max_stanza_depth: how deep elements may nest below ``<stream:stream>``
+        (``[upstream] max_stanza_depth``); past it, the same.
     """
 
     #: Exceptions raised by handlers or owner callbacks, summed over all streams.
@@ -244,9 +250,16 @@ class BridgeStream(XMLStream):
 
     def __init__(self, owner: StreamOwner, params: StreamParams, *,
                  ssl_context: ssl.SSLContext, use_tls: bool, keepalive: float,
-                 loop: asyncio.AbstractEventLoop, proxy_protocol: str = "off") -> None:
+                 loop: asyncio.AbstractEventLoop, proxy_protocol: str = "off",
+                 max_stanza_bytes: int = 1_048_576, max_stanza_depth: int = 64) -> None:
         super().__init__(ssl_context=ssl_context, loop=loop)
         self._owner = owner
+        self._max_stanza_bytes = max_stanza_bytes
+        self._max_stanza_depth = max_stanza_depth
+        #: Bytes read since the last top-level element ended (see :meth:`data_received`).
+        self._unfinished = 0
+        #: The stream ended because the server broke one of the two bounds above.
+        self.over_limit = False
         self._proxy_protocol = proxy_protocol
         self._client_ip = params.client_ip
         self._use_tls = use_tls
@@ -328,11 +341,25 @@ class BridgeStream(XMLStream):
         self._batch = batch
         self._stop_reading = False
         end_reason: str | None = None
+        # A hostile or broken server must not grow our memory without limit: count what it
+        # sends since the last top-level element ended (text at stream level included; the
+        # parser and tree builder hold all of it) and end the stream past the bound. A read
+        # that completes an element restarts the count at its last '>', a lower bound of
+        # what the open element holds, so the bound holds to within one read.
+        self._unfinished += len(data)
+        completed = False
         try:
             self.parser.feed(data)
             for event, item in self.parser.read_events():  # type: ignore[misc]  # slixmpp types
                 xml = cast(ET.Element, item)  # only "start"/"end" events were requested
                 if event == "start":
+                    if self.xml_depth > self._max_stanza_depth:
+                        # Nesting bound (xml_depth counts <stream:stream> itself): deep trees
+                        # cost memory and the recursive serializer its stack.
+                        end_reason = (f"server element nested deeper than {self._max_stanza_depth} "
+                                      "levels ([upstream] max_stanza_depth)")
+                        self.over_limit = True
+                        break
                     if self.xml_depth == 0:
                         if xml.tag != _STREAM_TAG:
                             # RFC 6120 §4.9.3.9 (invalid-namespace) / not XMPP at all.
@@ -350,6 +377,7 @@ class BridgeStream(XMLStream):
                         end_reason = "server closed the stream"
                         break
                     if self.xml_depth == 1:
+                        completed = True
                         # A direct child of <stream:stream> (RFC 6120 §4.1). Dispatched
                         # directly: slixmpp's _spawn_event would wrap it in a StanzaBase and
                         # match it against a handler list only to reach the same place.
@@ -363,6 +391,14 @@ class BridgeStream(XMLStream):
             end_reason = f"malformed XML from server: {exc.code}"
         finally:
             self._batch = None
+        if completed:
+            self._unfinished = len(data) - 1 - data.rfind(b">")
+        if end_reason is None and self._unfinished > self._max_stanza_bytes:
+            end_reason = (f"server element over {self._max_stanza_bytes} bytes "
+                          "([upstream] max_stanza_bytes)")
+            self.over_limit = True
+        if self.over_limit:
+            self._refuse_oversized()
         if batch and self._state is _State.OPEN:
             self._deliver(batch)
         if end_reason is not None and not self._ended():
@@ -514,6 +550,19 @@ class BridgeStream(XMLStream):
         self._footer_sent = True
         self._cancel_timers()  # no keepalives after the footer
         self._write(STREAM_FOOTER)
+
+    def init_parser(self) -> None:
+        """A fresh parser (connect, after TLS, restart): the byte count starts again too."""
+        super().init_parser()
+        self._unfinished = 0
+
+    def _refuse_oversized(self) -> None:
+        """RFC 6120 §4.9.3.12: tell the server why we leave (policy-violation, "e.g., a
+        size limit"); :meth:`_end` then closes without a second footer."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing() and not self._footer_sent:
+            self._footer_sent = True
+            self._write(_POLICY_VIOLATION + STREAM_FOOTER)
 
     def restart(self, header: bytes) -> None:
         """XEP-0206 §5 / RFC 6120 §4.3.3: new parser, new header, same TCP stream."""

@@ -70,6 +70,7 @@ class BridgeStats:
     ended: int = 0           # ended after ready, not by us
     dropped_elements: int = 0  # client elements refused by allowed_upstream
     listener_errors: int = 0
+    over_limit: int = 0      # streams ended: a server element over [upstream] max_stanza_*
 
 
 class _State(enum.Enum):
@@ -101,7 +102,9 @@ class XmppUpstream:
         self._stream = BridgeStream(self, params, ssl_context=ssl_context,
                                     use_tls=config.tls == "required",
                                     keepalive=config.keepalive, loop=loop,
-                                    proxy_protocol=config.proxy_protocol)
+                                    proxy_protocol=config.proxy_protocol,
+                                    max_stanza_bytes=config.max_stanza_bytes,
+                                    max_stanza_depth=config.max_stanza_depth)
         self._task: asyncio.Task[None] | None = None
 
     def _start(self) -> None:
@@ -257,6 +260,8 @@ class XmppUpstream:
             return
         if not self._ready.done():
             self._ready.set_result(False)
+        if self._stream.over_limit:
+            self._stats.over_limit += 1
         # RFC 6120 §4.9: the server's stream error goes to the client as is.
         self._report_closed(serialize(error) if error is not None else None, reason)
 
