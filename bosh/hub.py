@@ -190,7 +190,7 @@ class UpstreamLink:
     the upstream's ``bosh.ports.UpstreamListener``."""
 
     __slots__ = ("hub", "sid", "client_ip", "upstream", "_loop", "_clock", "_upstream_live",
-                 "_opened_at", "_forgotten", "_timer", "_timer_at")
+                 "_opened_at", "_forgotten", "_timer", "_timer_at", "_unwritable")
 
     transport: ClassVar[str]
 
@@ -206,6 +206,8 @@ class UpstreamLink:
         self._upstream_live = False
         self._opened_at: float | None = None
         self._forgotten = False
+        # Set while the server reads slower than this client writes (upstream_writable).
+        self._unwritable: asyncio.Future[None] | None = None
 
     # -- the one timer per session (design.md §8 rule 5), for every transport's driver --------
 
@@ -279,7 +281,33 @@ class UpstreamLink:
     def note_pushed(self, elements: Sequence[bytes]) -> None:
         self.hub.metrics.flow(self.transport, "out").add(len(elements), sum(map(len, elements)))
 
+    # -- backpressure from the server toward the client (issue 11) ----------------------------
+
+    def upstream_writable(self, writable: bool) -> None:
+        """UpstreamListener: the server stopped (False) or resumed (True) reading what we
+        write. In between, each transport stops taking client data (:meth:`until_writable`)
+        so that it waits in the client's socket, not in our memory."""
+        if not writable:
+            if self._unwritable is None and self._upstream_live:
+                self._unwritable = self._loop.create_future()
+                log.info("session %s: server reads slower than the client writes; "
+                         "client data waits (%s)", self.sid, self.transport)
+        else:
+            self._release_writers()
+
+    async def until_writable(self) -> None:
+        """Return once the server keeps up again (at once when it does, or when the upstream
+        is gone: the session then ends through its own path)."""
+        if self._unwritable is not None:
+            await asyncio.shield(self._unwritable)
+
+    def _release_writers(self) -> None:
+        waiting, self._unwritable = self._unwritable, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
     def upstream_gone(self) -> None:
+        self._release_writers()
         if self._upstream_live:
             self._upstream_live = False
             self.hub.metrics.upstreams_open.dec()

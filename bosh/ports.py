@@ -97,6 +97,11 @@ class UpstreamListener(Protocol):
     def upstream_elements(self, elements: Sequence[bytes]) -> None:
         """Top-level elements received, in order (after a restart: the new features too)."""
 
+    def upstream_writable(self, writable: bool) -> None:
+        """Backpressure toward the client: False when the server reads slower than the
+        client sends (what we wrote is piling up), True once it caught up. The session
+        stops taking client data in between."""
+
     def upstream_closed(self, stream_error: bytes | None) -> None:
         """The stream ended. ``stream_error`` is the serialized ``<stream:error/>`` if the
         server sent one; None means the connection failed or was lost, TLS failed, or the

@@ -68,6 +68,10 @@ TLS_READ_BUFFER = 32 * 1024
 #: buffer each, 64.9 KiB with this shared one.
 SHARED_RECV_BUFFER = 256 * 1024
 
+#: Bytes written upstream and not yet taken by the server past which the client side pauses
+#: (``pause_writing``); asyncio's plaintext default, applied to TLS too.
+WRITE_HIGH_WATER = 64 * 1024
+
 _per_thread = threading.local()
 
 
@@ -188,6 +192,10 @@ class StreamOwner(Protocol):
     def stream_elements(self, elements: list[ET.Element]) -> None:
         """Top-level elements after :meth:`stream_ready`, one batch per read."""
 
+    def stream_writable(self, writable: bool) -> None:
+        """False: the server reads slower than we write (the TCP buffer is over its
+        high-water mark); True: it caught up. Alternates, starting with False."""
+
     def stream_ended(self, error: ET.Element | None, reason: str) -> None:
         """The stream ended not by our :meth:`BridgeStream.shutdown`; called at most once.
 
@@ -260,6 +268,7 @@ class BridgeStream(XMLStream):
         self._unfinished = 0
         #: The stream ended because the server broke one of the two bounds above.
         self.over_limit = False
+        self._write_paused = False  # the owner was told the server does not keep up
         self._proxy_protocol = proxy_protocol
         self._client_ip = params.client_ip
         self._use_tls = use_tls
@@ -529,6 +538,9 @@ class BridgeStream(XMLStream):
             return False
         self._tls_done = True
         self._tls_task = None  # done: do not keep the finished task alive per stream
+        # asyncio lets 512 KiB pile up over TLS before pause_writing (64 KiB in plaintext):
+        # the same mark for both, so a stalled server holds as little here either way.
+        new_transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.transport = new_transport
         self._state = _State.AWAIT_FEATURES
         self.init_parser()
@@ -563,6 +575,29 @@ class BridgeStream(XMLStream):
         if transport is not None and not transport.is_closing() and not self._footer_sent:
             self._footer_sent = True
             self._write(_POLICY_VIOLATION + STREAM_FOOTER)
+
+    # -- write-side flow control (asyncio protocol callbacks) ----------------------------------
+
+    def pause_writing(self) -> None:
+        """The server reads slower than its clients write: tell the owner, which stops
+        reading from the client until :meth:`resume_writing` (backpressure, issue 11)."""
+        if not self._write_paused and self._state is not _State.CLOSED:
+            self._write_paused = True
+            self._notify_writable(False)
+
+    def resume_writing(self) -> None:
+        """What we wrote drained to the low-water mark: the client may send again. (Over TLS
+        the SSL protocol calls both, counting its own backlog; in plaintext the TCP
+        transport does.)"""
+        if self._write_paused and self._state is not _State.CLOSED:
+            self._write_paused = False
+            self._notify_writable(True)
+
+    def _notify_writable(self, writable: bool) -> None:
+        try:
+            self._owner.stream_writable(writable)
+        except Exception as exc:
+            self._count_error(exc, "stream_writable")
 
     def restart(self, header: bytes) -> None:
         """XEP-0206 §5 / RFC 6120 §4.3.3: new parser, new header, same TCP stream."""

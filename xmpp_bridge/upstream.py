@@ -255,6 +255,10 @@ class XmppUpstream:
                 for e in elements]
         self._call("upstream_elements", self._listener.upstream_elements, data)
 
+    def stream_writable(self, writable: bool) -> None:
+        if self._state is _State.OPEN or self._state is _State.FINISHING:
+            self._call("upstream_writable", self._listener.upstream_writable, writable)
+
     def stream_ended(self, error: ET.Element | None, reason: str) -> None:
         if self._state in (_State.CLOSED, _State.ENDED):
             return

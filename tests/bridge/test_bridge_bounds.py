@@ -5,14 +5,18 @@ server is lost; what the server completed before still reaches the client."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Callable
+
 import pytest
 
 from bosh.config import UpstreamConfig
 from bosh.errors import Condition
-from bosh.ports import StreamParams
+from bosh.ports import ClientElement, StreamParams
 from xmpp_bridge.upstream import XmppUpstream, XmppUpstreamFactory
 
-from bridge_fakes import FEATURES_SASL, WAIT, FakeServer, RecordingListener, ServerConn
+from bridge_fakes import (FEATURES_SASL, FEATURES_TLS, WAIT, Cert, FakeServer, RecordingListener,
+                          ServerConn)
 
 PARAMS = StreamParams(to="localhost", lang="en", version="1.0")
 POLICY_VIOLATION = (rb"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
@@ -106,3 +110,70 @@ async def test_a_malformed_stream_is_not_counted_as_over_the_bound(
     assert factory.counters()["over_limit"] == 0
     assert b"policy-violation" not in await conn.read_to_eof()
     upstream.close()
+
+
+# -- backpressure: a server that reads slower than the client writes -----------------------
+
+class WritableListener(RecordingListener):
+    """Also records ``upstream_writable`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable: list[bool] = []
+        self.flipped = asyncio.Event()
+
+    def upstream_writable(self, writable: bool) -> None:
+        self.writable.append(writable)
+        self.flipped.set()
+
+
+async def fill_until_paused(upstream: XmppUpstream, listener: WritableListener) -> int:
+    """Write 64 KB elements (a bounded number: 1 GB at most) until the bridge says the server
+    does not keep up; returns the bytes written."""
+    chunk = ClientElement("jabber:client", "message",
+                          b"<message><body>" + b"z" * 65536 + b"</body></message>")
+    written = 0
+    for _ in range(16384):
+        if listener.writable:
+            return written
+        upstream.send([chunk])
+        written += len(chunk.data)
+        await asyncio.sleep(0)  # one loop turn: let the transport write what it can
+    raise AssertionError(f"never paused after {written} bytes")
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_server_that_stops_reading_pauses_the_client_side_until_it_reads_again(
+        server: FakeServer, cert: Cert, tls: bool) -> None:
+    """Write-side high-water mark: while the server reads nothing, the bridge says so once
+    (False), with what it holds bounded; once the server reads, it says True. Over TLS the
+    SSL layer's own backlog counts."""
+    listener = WritableListener()
+    factory = XmppUpstreamFactory(UpstreamConfig(
+        host="127.0.0.1", port=server.port, tls="required" if tls else "none",
+        ca_file=str(cert.cert) if tls else "", keepalive=0.0, connect_timeout=WAIT))
+    upstream = factory.open(PARAMS, listener)
+    conn = await server.accept()
+    if tls:
+        await conn.open_stream("s0", FEATURES_TLS)
+        await conn.expect(rb"<starttls[^>]*/>")
+        await conn.starttls(cert.server_context())
+    await conn.open_stream("s1", FEATURES_SASL)
+    await listener.wait_ready()
+    conn.writer.transport.pause_reading()  # the server stops reading
+    written = await fill_until_paused(upstream, listener)
+    assert listener.writable == [False]
+    assert upstream._stream.transport is not None
+    held = upstream._stream.transport.get_write_buffer_size()
+    assert 0 < held <= 2 * 65600 + 65536, held  # about one element past the high-water mark
+    conn.writer.transport.resume_reading()
+    while sum(map(len, (conn.received, conn.buffer))) < written and not listener.writable[1:]:
+        await conn._fill()
+    await asyncio.wait_for(_until(lambda: listener.writable == [False, True]), WAIT)
+    assert not listener.closed.done()
+    upstream.close()
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)
