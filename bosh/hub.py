@@ -184,13 +184,18 @@ class Hub:
         await self.shutdown()
 
 
+#: A timer that goes off this close to its deadline counts as on time (the core compares
+#: deadlines with its own ``now`` anyway and asks again when it is early).
+_TIMER_SLACK = 0.001
+
+
 class UpstreamLink:
     """The transport-neutral half of one session's driver: its upstream stream and its
     bookkeeping in the hub. Subclasses are the per-transport drivers; they also serve as
     the upstream's ``bosh.ports.UpstreamListener``."""
 
     __slots__ = ("hub", "sid", "client_ip", "upstream", "_loop", "_clock", "_upstream_live",
-                 "_opened_at", "_forgotten", "_timer", "_timer_at", "_unwritable")
+                 "_opened_at", "_forgotten", "_timer", "_timer_at", "_timer_fires", "_unwritable")
 
     transport: ClassVar[str]
 
@@ -202,7 +207,8 @@ class UpstreamLink:
         self._loop = asyncio.get_running_loop()  # futures only; time comes from the clock
         self._clock = hub.clock
         self._timer: Timer | None = None
-        self._timer_at: float | None = None
+        self._timer_at: float | None = None   # the deadline the core asked for
+        self._timer_fires: float | None = None  # when the armed timer goes off (<= _timer_at)
         self._upstream_live = False
         self._opened_at: float | None = None
         self._forgotten = False
@@ -212,22 +218,41 @@ class UpstreamLink:
     # -- the one timer per session (design.md §8 rule 5), for every transport's driver --------
 
     def arm_timer(self, deadline: float | None) -> None:
-        """(Re-)arm the session's one timer, only when its deadline moved."""
+        """(Re-)arm the session's one timer for ``deadline``.
+
+        Most requests move the deadline later (a new held request waits ``wait`` seconds
+        from now). Then the armed timer is kept: it goes off early, once, and re-arms itself
+        for the deadline then in force, instead of a cancel and a new timer per request
+        (the cancelled ones also stay in the loop's heap until their time).
+        """
         if deadline == self._timer_at:
             return
-        self._cancel_timer()
-        if deadline is not None:
-            self._timer = self._clock.call_at(deadline, self._fire)
-            self._timer_at = deadline
+        if deadline is None:
+            self._cancel_timer()
+            return
+        self._timer_at = deadline
+        if self._timer is not None and self._timer_fires is not None and self._timer_fires <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._clock.call_at(deadline, self._fire)
+        self._timer_fires = deadline
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
         self._timer_at = None
+        self._timer_fires = None
 
     def _fire(self) -> None:
         self._timer = None
+        self._timer_fires = None
+        deadline = self._timer_at
+        if deadline is not None and deadline - self._clock.time() > _TIMER_SLACK:
+            self._timer = self._clock.call_at(deadline, self._fire)  # went off early: see arm_timer
+            self._timer_fires = deadline
+            return
         self._timer_at = None
         self.on_timer()
 

@@ -12,6 +12,7 @@ a rule"), rendered once at the boundary.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import deque
 from dataclasses import dataclass
@@ -131,6 +132,10 @@ def parse_networks(values: Iterable[str]) -> Networks:
     return tuple(out)
 
 
+# Every request asks twice (client address, https) about the same few peers; parsing costs
+# ~3 us each time (1-2 % of bosh-cm's CPU per burst message under py-spy, docs/performance.md).
+# Bounded, so forged X-Forwarded-For values can only churn it.
+@functools.lru_cache(maxsize=4096)
 def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     v = value.strip()
     if v.startswith("[") and "]" in v:  # "[2001:db8::1]:443"
@@ -146,6 +151,7 @@ def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return addr
 
 
+@functools.lru_cache(maxsize=4096)
 def _trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Networks) -> bool:
     return any(addr.version == n.version and addr in n for n in nets)
 

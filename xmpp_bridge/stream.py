@@ -94,6 +94,14 @@ try:
             self._ssl_buffer_view = _shared_recv_view()
             self._ssl_buffer = self._ssl_buffer_view.obj
 
+        def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+            super()._on_handshake_complete(handshake_exc)
+            # asyncio keeps the server certificate decoded into a dict per connection
+            # (get_extra_info("peercert"): ~1.3 KiB and ~20 GC-tracked objects per stream,
+            # tracemalloc, docs/performance.md). The check is done and nothing here reads it;
+            # the DER stays reachable through the ssl_object.
+            self._extra.pop("peercert", None)
+
         def get_buffer(self, n: int) -> memoryview:
             # The base class would re-allocate when its buffer is smaller than asked;
             # ours is never smaller than max_size, and buffer_updated reads the same view.
