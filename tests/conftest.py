@@ -36,6 +36,7 @@ conformance module parametrises itself the same way):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `pytest` run without `python -m`: make `tests.support` importable
     sys.path.insert(0, str(_ROOT))
 
+from tests.support import require  # noqa: E402
 from tests.support.ejabberd import EjabberdServer  # noqa: E402
 from tests.support.prosody import USERS, ProsodyServer, prosody_available  # noqa: E402
 from tests.support.upstreams import (XmppServer, make_server, require_upstream,  # noqa: E402
@@ -57,14 +59,42 @@ from tests.support.upstreams import (XmppServer, make_server, require_upstream, 
 _LIVE: dict[str, object] = {}
 
 
+@contextlib.contextmanager
+def _live(label: str, component: Any, start: bool = False) -> Iterator[Any]:
+    """``component`` (a server or bosh-cm; started here with ``start``) in :data:`_LIVE` as
+    ``label`` until the block ends, then stopped. (A failed start leaves it there.)"""
+    _LIVE[label] = component
+    if start:
+        component.start()
+    try:
+        yield component
+    finally:
+        _LIVE.pop(label, None)
+        component.stop()
+
+
+class _Made:
+    """What a factory fixture made: in :data:`_LIVE` as ``PREFIX-N`` during the test."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.made: list[Any] = []
+
+    def add(self, component: Any) -> Any:
+        self.made.append(component)
+        _LIVE[f"{self.prefix}-{len(self.made)}"] = component
+        return component
+
+    def stop_all(self) -> None:
+        for i, component in enumerate(self.made, 1):
+            _LIVE.pop(f"{self.prefix}-{i}", None)
+            component.stop()
+
+
 def require_prosody() -> None:
     """Design §7: a test that needs a real component fails (CI) or skips (dev box) without it."""
-    if prosody_available():
-        return
-    msg = "prosody/prosodyctl/openssl not installed (bash scripts/test installs them)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    require(None if prosody_available() else
+            "prosody/prosodyctl/openssl not installed (bash scripts/test installs them)")
 
 
 def _make_prosody(workdir: Path, users: dict[str, str] | None = None, **kw: object) -> ProsodyServer:
@@ -78,30 +108,22 @@ def _make_prosody(workdir: Path, users: dict[str, str] | None = None, **kw: obje
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
     require_prosody()
-    server = _make_prosody(tmp_path_factory.mktemp("prosody"), USERS)
-    _LIVE["prosody"] = server
-    try:
+    with _live("prosody", _make_prosody(tmp_path_factory.mktemp("prosody"), USERS)) as server:
         yield server
-    finally:
-        _LIVE.pop("prosody", None)
-        server.stop()
 
 
 @pytest.fixture
 def prosody_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ProsodyServer]]:
     require_prosody()
-    made: list[ProsodyServer] = []
+    made = _Made("prosody-own")
 
     def factory(users: dict[str, str] | None = None, **kw: object) -> ProsodyServer:
-        server = _make_prosody(tmp_path_factory.mktemp("prosody-own"), USERS if users is None else users, **kw)
-        made.append(server)
-        _LIVE[f"prosody-own-{len(made)}"] = server
+        server: ProsodyServer = made.add(_make_prosody(tmp_path_factory.mktemp("prosody-own"),
+                                                       USERS if users is None else users, **kw))
         return server
 
     yield factory
-    for i, server in enumerate(made, 1):
-        _LIVE.pop(f"prosody-own-{i}", None)
-        server.stop()
+    made.stop_all()
 
 
 @pytest.fixture(scope="session")
@@ -109,12 +131,8 @@ def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EjabberdServe
     require_upstream("ejabberd")
     server = make_server("ejabberd", tmp_path_factory.mktemp("ejabberd"), USERS)
     assert isinstance(server, EjabberdServer)
-    _LIVE["ejabberd"] = server
-    try:
+    with _live("ejabberd", server):
         yield server
-    finally:
-        _LIVE.pop("ejabberd", None)
-        server.stop()
 
 
 @pytest.fixture
@@ -133,47 +151,33 @@ def xmpp_server(request: pytest.FixtureRequest, upstream_kind: str) -> XmppServe
 def xmpp_server_factory(upstream_kind: str, tmp_path_factory: pytest.TempPathFactory
                         ) -> Iterator[Callable[..., XmppServer]]:
     require_upstream(upstream_kind)
-    made: list[XmppServer] = []
+    made = _Made(f"{upstream_kind}-own")
 
     def factory(users: dict[str, str] | None = None) -> XmppServer:
-        server = make_server(upstream_kind, tmp_path_factory.mktemp(f"{upstream_kind}-own"),
-                             USERS if users is None else users)
-        made.append(server)
-        _LIVE[f"{upstream_kind}-own-{len(made)}"] = server
+        server: XmppServer = made.add(make_server(
+            upstream_kind, tmp_path_factory.mktemp(f"{upstream_kind}-own"),
+            USERS if users is None else users))
         return server
 
     yield factory
-    for i, server in enumerate(made, 1):
-        _LIVE.pop(f"{upstream_kind}-own-{i}", None)
-        server.stop()
+    made.stop_all()
 
 
 @pytest.fixture(scope="session")
 def boshcm_ejabberd(ejabberd: EjabberdServer, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from tests.support.boshcm import BoshCM
 
-    cm = BoshCM(tmp_path_factory.mktemp("boshcm-ejabberd"), ejabberd)
-    _LIVE["bosh-cm-ejabberd"] = cm
-    cm.start()
-    try:
+    with _live("bosh-cm-ejabberd", BoshCM(tmp_path_factory.mktemp("boshcm-ejabberd"), ejabberd),
+               start=True) as cm:
         yield cm
-    finally:
-        _LIVE.pop("bosh-cm-ejabberd", None)
-        cm.stop()
 
 
 @pytest.fixture(scope="session")
 def boshcm(prosody: ProsodyServer, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from tests.support.boshcm import BoshCM
 
-    cm = BoshCM(tmp_path_factory.mktemp("boshcm"), prosody)
-    _LIVE["bosh-cm"] = cm
-    cm.start()
-    try:
+    with _live("bosh-cm", BoshCM(tmp_path_factory.mktemp("boshcm"), prosody), start=True) as cm:
         yield cm
-    finally:
-        _LIVE.pop("bosh-cm", None)
-        cm.stop()
 
 
 @pytest.fixture
@@ -181,19 +185,15 @@ def boshcm_factory(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no
     """``boshcm_factory(prosody, bosh={...}, upstream={...})`` -> a started, dedicated BoshCM."""
     from tests.support.boshcm import BoshCM
 
-    made: list[BoshCM] = []
+    made = _Made("bosh-cm-own")
 
     def factory(server: XmppServer | None, **kw: object) -> BoshCM:
-        cm = BoshCM(tmp_path_factory.mktemp("boshcm-own"), server, **kw)  # type: ignore[arg-type]
-        made.append(cm)
-        _LIVE[f"bosh-cm-own-{len(made)}"] = cm
+        cm: BoshCM = made.add(BoshCM(tmp_path_factory.mktemp("boshcm-own"), server, **kw))  # type: ignore[arg-type]
         cm.start()
         return cm
 
     yield factory
-    for i, cm in enumerate(made, 1):
-        _LIVE.pop(f"bosh-cm-own-{i}", None)
-        cm.stop()
+    made.stop_all()
 
 
 @dataclass(frozen=True)
@@ -248,14 +248,25 @@ def _boshcm_for(request: pytest.FixtureRequest, kind: str) -> Any:
     return request.getfixturevalue("boshcm" if kind == "prosody" else "boshcm_ejabberd")
 
 
-@pytest.fixture
-def endpoint(request: pytest.FixtureRequest, upstream_kind: str) -> Endpoint:
+def _endpoint(request: pytest.FixtureRequest, upstream_kind: str, websocket: bool) -> Endpoint:
+    """``endpoint`` (BOSH) or ``ws_endpoint`` (``websocket``) of ``request.param``."""
     if request.param == "prosody":
         prosody: ProsodyServer = request.getfixturevalue("prosody")
-        return Endpoint("prosody", prosody.bosh_url, prosody.domain, prosody)
+        return Endpoint("prosody", prosody.ws_url if websocket else prosody.bosh_url,
+                        prosody.domain, prosody)
     server: XmppServer = request.getfixturevalue(upstream_kind)
     cm = _boshcm_for(request, upstream_kind)
-    return Endpoint("boshcm", cm.url, server.domain, server)
+    return Endpoint("boshcm", cm.ws_url if websocket else cm.url, server.domain, server)
+
+
+@pytest.fixture
+def endpoint(request: pytest.FixtureRequest, upstream_kind: str) -> Endpoint:
+    return _endpoint(request, upstream_kind, websocket=False)
+
+
+@pytest.fixture
+def ws_endpoint(request: pytest.FixtureRequest, upstream_kind: str) -> Endpoint:
+    return _endpoint(request, upstream_kind, websocket=True)
 
 
 @pytest.fixture
@@ -272,16 +283,6 @@ async def bosh_client() -> AsyncIterator[Callable[..., Awaitable[object]]]:
     yield factory
     for client in made:
         await client.close()
-
-
-@pytest.fixture
-def ws_endpoint(request: pytest.FixtureRequest, upstream_kind: str) -> Endpoint:
-    if request.param == "prosody":
-        prosody: ProsodyServer = request.getfixturevalue("prosody")
-        return Endpoint("prosody", prosody.ws_url, prosody.domain, prosody)
-    server: XmppServer = request.getfixturevalue(upstream_kind)
-    cm = _boshcm_for(request, upstream_kind)
-    return Endpoint("boshcm", cm.ws_url, server.domain, server)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.lib.boshcm import render_toml  # noqa: E402
+from bosh.cluster import render_toml  # noqa: E402
 from procstat import child_pids  # noqa: E402
+from scripts.lib.procs import (  # noqa: E402
+    free_port, port_open, python_env, read_since, size_of, spawn, stop_process, wait_started,
+)
 from scripts.lib.prosody import (  # noqa: E402
-    ProsodyServer, encode_store_name, free_port, lua, scram_account_text,
+    ProsodyServer, encode_store_name, lua, scram_account_text,
 )
 
 __all__ = ["BenchProsody", "BenchBoshCM", "BenchCluster", "PASSWORD", "user_name",
@@ -108,12 +110,13 @@ class BenchProsody(ProsodyServer):
                                f"(HTTP {status}); see {self.log_path}")
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+def _launch(server: "BenchBoshCM | BenchCluster", cmd: list[str]) -> int:
+    """Write ``server``'s config, start ``cmd`` from the checkout with its output appended to
+    ``server.log_path`` (as ``server.proc``); returns the log offset where that output starts."""
+    server.config_path.write_text(render_toml(server.config))
+    offset = size_of(server.log_path)
+    server.proc = spawn(cmd, server.log_path, cwd=REPO, env=python_env(REPO))
+    return offset
 
 
 def bench_cm_config(prosody: "BenchProsody", port: int, *, log_level: str = "INFO",
@@ -188,9 +191,6 @@ class BenchBoshCM:
         return self.proc.pid
 
     def start(self, timeout: float = 30) -> None:
-        self.config_path.write_text(render_toml(self.config))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         launcher_loop = self.event_loop == "uvloop" and not self.loop_by_config
         if launcher_loop or self.gc_threshold:
             # Bench-only launcher for experiments that need no config key: uvloop's policy
@@ -207,39 +207,21 @@ class BenchBoshCM:
                    "--config", str(self.config_path)]
         else:
             cmd = [sys.executable, "-m", "bosh", "--config", str(self.config_path)]
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            if "listening on http://" in text or _port_open(self.port):
-                return  # (below INFO the "listening on" line is not logged)
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bosh-cm exited with {self.proc.returncode}:\n{text[-3000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"bosh-cm did not start within {timeout}s:\n{text[-3000:]}")
-            time.sleep(0.05)
+        offset = _launch(self, cmd)
+        # (below INFO the "listening on" line is not logged: the open port counts too)
+        wait_started(self.proc, lambda: "listening on http://" in read_since(self.log_path, offset)
+                     or port_open("127.0.0.1", self.port), timeout,
+                     error=RuntimeError, exited="bosh-cm exited with {code}:",
+                     late=f"bosh-cm did not start within {timeout}s:",
+                     tail=lambda: read_since(self.log_path, offset)[-3000:], on_late=self.stop)
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            stop_process(proc, timeout)
 
     def log_tail(self, limit: int = 3000) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+        return read_since(self.log_path)[-limit:]
 
 
 def node_metrics(port: int, timeout: float = 5) -> dict[str, float]:
@@ -306,36 +288,17 @@ class BenchCluster:
         return json.loads((self.run_dir / "nodes.json").read_text())
 
     def start(self, timeout: float = 90) -> None:
-        self.config_path.write_text(render_toml(self.config))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        cmd = [sys.executable, "-m", "bosh.cluster", "--config", str(self.config_path),
-               "--nodes", str(self.nodes), "--run-dir", str(self.run_dir)]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, cwd=str(REPO), env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            m = _READY.search(text)
-            if m:
-                if m.group(1) != self.url or int(m.group(2)) != self.nodes:
-                    self.stop()
-                    raise RuntimeError(f"launcher says {m.group(0)!r}; expected {self.url} "
-                                       f"with {self.nodes} nodes")
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bosh-cm-cluster exited with {self.proc.returncode}:\n"
-                                   f"{text[-3000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"bosh-cm-cluster not listening within {timeout}s:\n{text[-3000:]}")
-            try:
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        offset = _launch(self, [sys.executable, "-m", "bosh.cluster", "--config",
+                                str(self.config_path), "--nodes", str(self.nodes),
+                                "--run-dir", str(self.run_dir)])
+        m = wait_started(self.proc, lambda: _READY.search(read_since(self.log_path, offset)),
+                         timeout, error=RuntimeError, exited="bosh-cm-cluster exited with {code}:",
+                         late=f"bosh-cm-cluster not listening within {timeout}s:",
+                         tail=lambda: read_since(self.log_path, offset)[-3000:], on_late=self.stop)
+        if m.group(1) != self.url or int(m.group(2)) != self.nodes:
+            self.stop()
+            raise RuntimeError(f"launcher says {m.group(0)!r}; expected {self.url} "
+                               f"with {self.nodes} nodes")
         doc = self.nodes_doc()
         self.node_pids = {n["node_id"]: n["pid"] for n in doc["nodes"]}
         self.node_ports = {n["node_id"]: n["port"] for n in doc["nodes"]}
@@ -402,17 +365,7 @@ class BenchCluster:
         if self.proc is None:
             return
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop_process(proc, timeout, again=15)
         for pid in [*self.node_pids.values(), *self.haproxy_pids]:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -426,6 +379,4 @@ class BenchCluster:
                     pass
 
     def log_tail(self, limit: int = 3000) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+        return read_since(self.log_path)[-limit:]

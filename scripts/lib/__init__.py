@@ -8,6 +8,8 @@ Scripts stand alone and do not import ``tests`` (design.md §8 rule 9); the test
 * :mod:`scripts.lib.boshclient` - the black-box BOSH client (SASL from :mod:`bosh.sasl`)
 * :mod:`scripts.lib.xmppclient` - a plain XMPP-over-TCP peer (slixmpp)
 * :mod:`scripts.lib.upstreams` - :class:`XmppServer`, what both throwaway servers offer
+* :mod:`scripts.lib.procs` - free ports, waiting for a child to start, stopping it
+  (SIGTERM, deadline, SIGKILL): what every launcher above and in tests/support does
 
 Import with the repository root on ``sys.path``: ``from scripts.lib.prosody import ProsodyServer``.
 """

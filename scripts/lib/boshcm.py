@@ -11,9 +11,7 @@ Its stdout+stderr go to ``workdir/bosh-cm.log`` (printed by :meth:`log_tail` on 
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from scripts.lib.prosody import free_port
+from bosh.cluster import render_toml  # the product's own writer of flat-table configs
+from scripts.lib.procs import Managed, free_port, kill_process, python_env, stop_process
 from scripts.lib.upstreams import XmppServer
 
 __all__ = ["BoshCM", "BoshCMError", "REPO_ROOT", "render_toml"]
@@ -34,28 +33,7 @@ class BoshCMError(RuntimeError):
     """bosh-cm did not start (the message carries its log tail)."""
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")
-
-
-def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    out = []
-    for name, table in sections.items():
-        out.append(f"[{name}]")
-        out.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-        out.append("")
-    return "\n".join(out)
-
-
-class BoshCM:
+class BoshCM(Managed):
     """One bosh-cm process in front of a :class:`ProsodyServer`, an :class:`EjabberdServer`
     or (``prosody=None`` and ``upstream={...}``) any upstream."""
 
@@ -104,13 +82,11 @@ class BoshCM:
     def start(self, timeout: float = 20) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_toml(self.config))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self._ready.clear()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bosh", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT), env=python_env(REPO_ROOT, self.env), start_new_session=True,
         )
         self._reader = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._reader.start()
@@ -140,29 +116,18 @@ class BoshCM:
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM, wait; SIGKILL after ``timeout``. Returns the exit code."""
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._reader is not None:
-            self._reader.join(2)
-        self._close_pipe(proc)
-        return proc.returncode
+        return self._reap(stop_process, timeout)
 
     def kill(self) -> int | None:
         """SIGKILL (a crash: nothing is drained or closed cleanly) and wait."""
+        return self._reap(kill_process)
+
+    def _reap(self, end: Any, *args: float) -> int | None:
+        """End the process with ``end(proc, *args)``, then the output pump and its pipe."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        end(proc, *args)
         if self._reader is not None:
             self._reader.join(2)
         self._close_pipe(proc)
@@ -176,21 +141,10 @@ class BoshCM:
             except OSError:
                 pass
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def log_tail(self, limit: int = 6000) -> str:
         if not self.log_path.exists():
             return "(no bosh-cm log)"
         return "--- bosh-cm.log ---\n" + self.log_path.read_bytes()[-limit:].decode(errors="replace")
-
-    def __enter__(self) -> "BoshCM":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -------------------------------------------------------------- added for the WebSocket tests
     def send_signal(self, sig: int) -> None:

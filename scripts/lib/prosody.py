@@ -25,12 +25,12 @@ import hmac
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterable
+
+from scripts.lib.procs import (Managed, free_port, kill_process, port_open, size_of, spawn,
+                               stop_process, wait_started)
 
 __all__ = ["ProsodyServer", "ProsodyError", "prosody_available", "free_port", "USERS",
            "make_self_signed_cert", "lua", "port_open", "encode_store_name",
@@ -47,13 +47,6 @@ class ProsodyError(RuntimeError):
 def prosody_available() -> bool:
     """True when the ``prosody`` and ``prosodyctl`` binaries and ``openssl`` are on PATH."""
     return all(shutil.which(b) for b in ("prosody", "prosodyctl", "openssl"))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def lua(value: str) -> str:
@@ -87,14 +80,6 @@ def make_self_signed_cert(cert_path: Path, key_path: Path, domain: str) -> None:
     os.chmod(key_path, 0o600)
 
 
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def encode_store_name(name: str) -> str:
     # Prosody's util.datamanager encodes path components: every non-alphanumeric -> %XX.
     return "".join(c if c.isalnum() else "%%%02x" % ord(c) for c in name)
@@ -110,7 +95,7 @@ def scram_account_text(password: str, salt: str, iterations: int) -> str:
             f"\t[\"stored_key\"] = {lua(stored_key)};\n\t[\"server_key\"] = {lua(server_key)};\n}};\n")
 
 
-class ProsodyServer:
+class ProsodyServer(Managed):
     """One Prosody instance in ``workdir``, c2s (STARTTLS required) + HTTP (mod_bosh) on loopback."""
 
     #: Which server this is, for tests whose expectations differ between servers.
@@ -142,10 +127,6 @@ class ProsodyServer:
     def ws_url(self) -> str:
         """Prosody's own mod_websocket endpoint (RFC 7395): the WebSocket reference."""
         return f"ws://{self.host}:{self.http_port}/xmpp-websocket"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # ------------------------------------------------------------------ setup
     def _make_cert(self) -> None:
@@ -227,61 +208,26 @@ VirtualHost {lua(self.domain)}
             while self.http_port == self.c2s_port:
                 self.http_port = free_port(self.host)
         self._write_config()
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        console = open(self.console_path, "ab")
-        try:
-            self.proc = subprocess.Popen(
-                ["prosody", "--config", str(self.config_path), "-F"],
-                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                cwd=str(self.workdir), start_new_session=True,
-            )
-        finally:
-            console.close()
-        deadline = time.monotonic() + timeout
+        log_offset = size_of(self.log_path)
+        self.proc = spawn(["prosody", "--config", str(self.config_path), "-F"],
+                          self.console_path, cwd=self.workdir)
         ports = [self.c2s_port] + ([self.http_port] if self.bosh else [])
-        while True:
-            if self.proc.poll() is not None:
-                raise ProsodyError(f"prosody exited with {self.proc.returncode} during startup\n"
-                                   + self.log_tail(log_offset))
-            if all(port_open(self.host, p) for p in ports):
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise ProsodyError(f"prosody did not listen on {ports} within {timeout}s\n"
-                                   + self.log_tail(log_offset))
-            try:  # block on the child for a short while: a poll step, not a fixed sleep
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        wait_started(self.proc, lambda: all(port_open(self.host, p) for p in ports), timeout,
+                     error=ProsodyError, exited="prosody exited with {code} during startup",
+                     late=f"prosody did not listen on {ports} within {timeout}s",
+                     tail=lambda: self.log_tail(log_offset), on_late=self.kill)
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM and wait (escalates to SIGKILL after ``timeout``)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
+            self.proc = None
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without closing its streams (an 'upstream died' test)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> "ProsodyServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        if self.proc is not None:
+            kill_process(self.proc)
+            self.proc = None
 
     # ------------------------------------------------------------------ users
     def register(self, user: str, password: str) -> None:

@@ -10,159 +10,43 @@ it to, and so that the nodes must see each client's real address through HAProxy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
-from bosh.cluster import find_haproxy
 from bosh.haproxy import HaproxyNode, render_haproxy_cfg
 from tests.support.boshclient import BoshClient, is_message
-from tests.support.boshcm import REPO_ROOT, render_toml
-from tests.support.prosody import USERS, ProsodyServer, free_port
+from tests.support.boshcm import REPO_ROOT
+from tests.support.cluster import (ClusterLauncher, alive, client_http, get, metric,
+                                   require_haproxy, until)
+from tests.support.prosody import USERS, ProsodyServer
 
 pytestmark = pytest.mark.integration
 
 NODES = 3
 DRAIN_TIMEOUT = 5.0
-_READY = re.compile(r"listening on (http://\S+) \((\d+) nodes\)")
-
-
-def require_haproxy() -> str:
-    """Design §7: fail in CI, skip on a dev box without HAProxy."""
-    path = find_haproxy()
-    if path is not None:
-        return path
-    msg = "haproxy not installed (bash scripts/test installs it: apt-get install haproxy)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is not alive
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-class Launcher:
-    """``python -m bosh.cluster`` as a subprocess, its output in ``run_dir/launcher.log``."""
-
-    def __init__(self, workdir: Path, prosody: ProsodyServer, nodes: int = NODES) -> None:
-        self.workdir = workdir
-        self.run_dir = workdir / "run"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/http-bind"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/xmpp-websocket"
-        self.domain = prosody.domain
-        self.nodes = nodes
-        self.log_path = workdir / "launcher.log"
-        self.base_path = workdir / "base.toml"
-        self.base_path.write_text(render_toml({
-            "http": {"host": "127.0.0.1", "port": self.port, "path": "/http-bind"},
-            "bosh": {"max_wait": 10, "max_inactivity": 10, "max_hold": 1, "polling": 2,
-                     "max_sessions_per_ip": 3},
-            "upstream": {"domains": [prosody.domain], "host": "127.0.0.1",
-                         "port": prosody.c2s_port, "tls": "required",
-                         "ca_file": str(prosody.cert_path), "connect_timeout": 5.0},
-            "cluster": {"drain_timeout": DRAIN_TIMEOUT},
-            "log": {"level": "INFO"},
-        }))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 40) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bosh.cluster", "--config", str(self.base_path),
-                 "--nodes", str(self.nodes), "--run-dir", str(self.run_dir)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=str(REPO_ROOT), env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = _READY.search(self.log())
-            if m:
-                assert m.group(1) == self.url and int(m.group(2)) == self.nodes, m.group(0)
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"launcher exited with {self.proc.returncode}\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"launcher not listening within {timeout}s\n{self.tail()}")
-            try:
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def log(self) -> str:
-        return self.log_path.read_bytes().decode(errors="replace") if self.log_path.exists() else ""
-
-    def tail(self, limit: int = 6000) -> str:
-        return "--- launcher.log ---\n" + self.log()[-limit:]
-
-    def nodes_json(self) -> dict[str, Any]:
-        return json.loads((self.run_dir / "nodes.json").read_text())
-
-    def node(self, node_id: str) -> dict[str, Any]:
-        return next(n for n in self.nodes_json()["nodes"] if n["node_id"] == node_id)
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc is None:
-            return None
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        return proc.returncode
-
-    async def haproxy_up(self) -> set[tuple[str, str]]:
-        """(backend, server) pairs HAProxy has UP, from the launcher's stats socket."""
-        reader, writer = await asyncio.open_unix_connection(str(self.run_dir / "haproxy.sock"))
-        try:
-            writer.write(b"show stat\n")
-            text = (await asyncio.wait_for(reader.read(), 5)).decode()
-        finally:
-            writer.close()
-        lines = text.lstrip("# ").splitlines()
-        head = lines[0].split(",")
-        px, sv, st = head.index("pxname"), head.index("svname"), head.index("status")
-        return {(c[px], c[sv]) for c in (line.split(",") for line in lines[1:] if line)
-                if len(c) > st and c[st].startswith("UP")
-                and c[sv] not in ("FRONTEND", "BACKEND")}
 
 
 @pytest.fixture(scope="module")
-def launcher(prosody: ProsodyServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+def launcher(prosody: ProsodyServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterLauncher]:
     require_haproxy()
-    cl = Launcher(tmp_path_factory.mktemp("cluster"), prosody)
-    cl.start()
-    try:
+    cl = ClusterLauncher(tmp_path_factory.mktemp("cluster"), prosody, NODES, base={
+        "bosh": {"max_sessions_per_ip": 3},
+        "cluster": {"drain_timeout": DRAIN_TIMEOUT},
+    })
+    with cl:
         yield cl
-    finally:
-        cl.stop()
 
 
 # ------------------------------------------------------------------ clients
@@ -178,13 +62,12 @@ def next_ip(net: int) -> str:
 class Clients:
     """BOSH and WebSocket clients, each from its own loopback address; closed after the test."""
 
-    launcher: Launcher
+    launcher: ClusterLauncher
     made: list[Any] = field(default_factory=list)
     https: list[aiohttp.ClientSession] = field(default_factory=list)
 
     def http(self, ip: str) -> aiohttp.ClientSession:
-        s = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                                  connector=aiohttp.TCPConnector(local_addr=(ip, 0), limit=0))
+        s = client_http(ip)
         self.https.append(s)
         return s
 
@@ -230,53 +113,9 @@ class Clients:
 
 
 @pytest.fixture
-async def clients(launcher: Launcher) -> AsyncIterator[Clients]:
-    made = Clients(launcher)
-    try:
+async def clients(launcher: ClusterLauncher) -> AsyncIterator[Clients]:
+    async with contextlib.aclosing(Clients(launcher)) as made:
         yield made
-    finally:
-        await made.aclose()
-
-
-async def get(url: str) -> tuple[int, str]:
-    """GET ``url``: (status, text), or (0, "") when nothing answers."""
-    try:
-        async with aiohttp.ClientSession() as s:
-            async with s.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
-                return r.status, await r.text()
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-        return 0, ""
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample of the Prometheus text ``text`` (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head == (f"{name}{{{want}}}" if labels else name):
-            return float(value)
-    return 0.0
-
-
-async def node_metrics(launcher: Launcher) -> dict[str, str]:
-    out = {}
-    for n in launcher.nodes_json()["nodes"]:
-        status, text = await get(f"http://127.0.0.1:{n['port']}/metrics")
-        assert status == 200
-        out[n["node_id"]] = text
-    return out
-
-
-async def until(cond: Callable[[], Awaitable[bool]], timeout: float, what: str,
-                launcher: Launcher) -> None:
-    """Poll ``cond`` until it is true; fail with the launcher's log at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s\n{launcher.tail()}")
-        await asyncio.sleep(0.05)  # a poll step against a deadline, not a wait for time to pass
 
 
 def node_of(c: BoshClient) -> str:
@@ -342,13 +181,13 @@ def test_rendered_variants_and_the_example_pass_haproxy_check(prosody: ProsodySe
 
 # ------------------------------------------------------------------ (a) spreading and routing
 async def test_sessions_spread_over_all_nodes_and_every_request_reaches_its_owner(
-        launcher: Launcher, clients: Clients) -> None:
+        launcher: ClusterLauncher, clients: Clients) -> None:
     doc = launcher.nodes_json()
-    assert doc["haproxy"]["url"] == launcher.url and _alive(doc["haproxy"]["pid"])
+    assert doc["haproxy"]["url"] == launcher.url and alive(doc["haproxy"]["pid"])
     assert [n["node_id"] for n in doc["nodes"]] == [f"n{i}" for i in range(1, NODES + 1)]
     assert len({n["port"] for n in doc["nodes"]}) == NODES
     for n in doc["nodes"]:
-        assert _alive(n["pid"]) and n["url"] == f"http://127.0.0.1:{n['port']}/http-bind"
+        assert alive(n["pid"]) and n["url"] == f"http://127.0.0.1:{n['port']}/http-bind"
         assert await get(f"http://127.0.0.1:{n['port']}/readyz") == (200, "ready\n")
     # the operations endpoints are not served through the balancer
     assert (await get(f"http://127.0.0.1:{launcher.port}/metrics"))[0] == 404
@@ -395,7 +234,7 @@ async def test_sessions_spread_over_all_nodes_and_every_request_reaches_its_owne
         await w.open(launcher.domain)
         sockets.append(w)
 
-    metrics = await node_metrics(launcher)
+    metrics = await launcher.node_metrics()
     ws_open = {n: metric(t, "bosh_transport_sessions_open", transport="websocket")
                for n, t in metrics.items()}
     assert sum(ws_open.values()) == 6 and min(ws_open.values()) >= 1, ws_open
@@ -407,7 +246,7 @@ async def test_sessions_spread_over_all_nodes_and_every_request_reaches_its_owne
 
 # ------------------------------------------------------------------ (b) a draining node
 async def test_a_draining_node_takes_no_new_sessions_but_serves_its_own(
-        launcher: Launcher, clients: Clients) -> None:
+        launcher: ClusterLauncher, clients: Clients) -> None:
     target = "n2"
     own = await clients.session_on(target, 11)
     old = launcher.node(target)
@@ -440,11 +279,11 @@ async def test_a_draining_node_takes_no_new_sessions_but_serves_its_own(
 
     await until(restarted, 20, f"{target} started again", launcher)
     assert launcher.node(target)["port"] == old["port"]
-    assert not _alive(old["pid"])
+    assert not alive(old["pid"])
 
 
 # ------------------------------------------------------------------ (c) a node crash
-async def test_a_killed_node_is_routed_around_and_started_again(launcher: Launcher,
+async def test_a_killed_node_is_routed_around_and_started_again(launcher: ClusterLauncher,
                                                                clients: Clients) -> None:
     target = "n3"
 
@@ -487,14 +326,14 @@ async def test_a_killed_node_is_routed_around_and_started_again(launcher: Launch
 
 
 # ------------------------------------------------------------------ (d) per-IP limits
-async def test_per_ip_limit_counts_the_real_client_address(launcher: Launcher,
+async def test_per_ip_limit_counts_the_real_client_address(launcher: ClusterLauncher,
                                                            clients: Clients) -> None:
     async def all_up() -> bool:
         return len(await launcher.haproxy_up()) == 2 * NODES
 
     await until(all_up, 10, "all nodes up in HAProxy", launcher)
     before = {n: metric(t, "bosh_limit_hits_total", limit="per_ip")
-              for n, t in (await node_metrics(launcher)).items()}
+              for n, t in (await launcher.node_metrics()).items()}
     ok: list[BoshClient] = []
     refused = None
     for _ in range(3 * NODES + 3):
@@ -507,7 +346,7 @@ async def test_per_ip_limit_counts_the_real_client_address(launcher: Launcher,
     assert refused is not None and refused.condition == "policy-violation", refused
     assert 3 <= len(ok) <= 3 * NODES
     after = {n: metric(t, "bosh_limit_hits_total", limit="per_ip")
-             for n, t in (await node_metrics(launcher)).items()}
+             for n, t in (await launcher.node_metrics()).items()}
     hit = [n for n in after if after[n] > before[n]]
     assert len(hit) == 1, (before, after)
     # the node that refused holds exactly max_sessions_per_ip sessions of that address
@@ -525,7 +364,7 @@ async def test_per_ip_limit_counts_the_real_client_address(launcher: Launcher,
 
 
 # ------------------------------------------------------------------ rolling restart (SIGHUP)
-async def test_sighup_restarts_every_node_one_at_a_time(launcher: Launcher,
+async def test_sighup_restarts_every_node_one_at_a_time(launcher: ClusterLauncher,
                                                         clients: Clients) -> None:
     assert launcher.proc is not None
     before = {n["node_id"]: n["pid"] for n in launcher.nodes_json()["nodes"]}
@@ -549,11 +388,12 @@ async def test_sighup_restarts_every_node_one_at_a_time(launcher: Launcher,
 
 
 # ------------------------------------------------------------------ (e) stopping
-async def test_sigterm_drains_and_stops_everything(launcher: Launcher, clients: Clients) -> None:
+async def test_sigterm_drains_and_stops_everything(launcher: ClusterLauncher,
+                                                   clients: Clients) -> None:
     assert launcher.proc is not None
     doc = launcher.nodes_json()
     pids = [n["pid"] for n in doc["nodes"]] + [doc["haproxy"]["pid"]]
-    assert all(_alive(p) for p in pids)
+    assert all(alive(p) for p in pids)
     open_session = await clients.session(next_ip(14), wait=5)
     held = await open_session.post()
     proc = launcher.proc
@@ -565,7 +405,7 @@ async def test_sigterm_drains_and_stops_everything(launcher: Launcher, clients: 
     rc = await asyncio.to_thread(proc.wait, DRAIN_TIMEOUT + 20)
     assert rc == 0, launcher.tail()
     assert time.monotonic() - started < DRAIN_TIMEOUT + 15
-    assert not any(_alive(p) for p in pids), pids
+    assert not any(alive(p) for p in pids), pids
     run_dir = str(launcher.run_dir)
     left = []
     for entry in Path("/proc").iterdir():
@@ -574,7 +414,7 @@ async def test_sigterm_drains_and_stops_everything(launcher: Launcher, clients: 
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if run_dir in cmd and _alive(int(entry.name)):
+            if run_dir in cmd and alive(int(entry.name)):
                 left.append(cmd)
     assert not left, left
     final = launcher.nodes_json()

@@ -30,6 +30,7 @@ round i-WINDOW has arrived (or bounced) everywhere, so messages are always in fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
@@ -43,7 +44,7 @@ import pytest
 from lxml import etree
 
 from tests.support.boshclient import NS_CLIENT, BoshClient, BoshResponse, BoshTerminated
-from tests.support.cluster import (AddressPool, ClusterLauncher, alive, get, metric,
+from tests.support.cluster import (AddressPool, ClusterLauncher, alive, client_http, metric,
                                    require_haproxy, until)
 from tests.support.prosody import ProsodyServer
 from tests.support.wsclient import CLOSE, NS_SM, STREAM_ERROR, WsClient
@@ -84,11 +85,8 @@ def cluster(prosody: ProsodyServer, tmp_path_factory: pytest.TempPathFactory) ->
         "bosh": {"max_sessions_per_ip": 2, "max_inactivity": 60},
         "cluster": {"drain_timeout": DRAIN_TIMEOUT},
     })
-    cl.start()
-    try:
+    with cl:
         yield cl
-    finally:
-        cl.stop()
 
 
 # ------------------------------------------------------------------ clients
@@ -108,8 +106,7 @@ class Pool:
         return task
 
     def http(self, ip: str) -> aiohttp.ClientSession:
-        s = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                                  connector=aiohttp.TCPConnector(local_addr=(ip, 0), limit=0))
+        s = client_http(ip)
         self.https.append(s)
         return s
 
@@ -139,11 +136,8 @@ class Pool:
 
 @pytest.fixture
 async def pool(cluster: ClusterLauncher) -> AsyncIterator[Pool]:
-    made = Pool(cluster)
-    try:
+    async with contextlib.aclosing(Pool(cluster)) as made:
         yield made
-    finally:
-        await made.aclose()
 
 
 class BoshUser:
@@ -525,15 +519,6 @@ class Chat:
         return problems, bounced
 
 
-async def node_metrics(cl: ClusterLauncher) -> dict[str, str]:
-    out = {}
-    for n in cl.nodes_json()["nodes"]:
-        status, text = await get(f"http://127.0.0.1:{n['port']}/metrics")
-        assert status == 200, n
-        out[n["node_id"]] = text
-    return out
-
-
 async def stop_all(users: Sequence[BoshUser | WsUser]) -> None:
     await asyncio.gather(*(u.stop() for u in users))
 
@@ -549,7 +534,7 @@ async def test_a_few_hundred_sessions_chat_through_haproxy_each_request_reaching
     tag = f"load{secrets.token_hex(2)}"
     before = {n: (metric(t, "bosh_errors_total", condition="item-not-found"),
                   metric(t, "bosh_limit_hits_total", limit="per_ip"))
-              for n, t in (await node_metrics(cl)).items()}
+              for n, t in (await cl.node_metrics()).items()}
     started = time.monotonic()
     pollers = [BoshUser(pool, None, wait=2) for _ in range(100)]
     await asyncio.gather(*(u.open() for u in pollers))
@@ -610,7 +595,7 @@ async def test_a_few_hundred_sessions_chat_through_haproxy_each_request_reaching
     assert set(ws_nodes) == set(NODE_IDS) and min(ws_nodes.values()) >= 5, ws_nodes
     # no node answered a request for a session it does not own; and the per-IP limit
     # (2 per node) never bit: the nodes saw 190 distinct real addresses, not HAProxy's
-    after = await node_metrics(cl)
+    after = await cl.node_metrics()
     for n, text in after.items():
         assert metric(text, "bosh_errors_total", condition="item-not-found") == before[n][0], n
         assert metric(text, "bosh_limit_hits_total", limit="per_ip") == before[n][1], n

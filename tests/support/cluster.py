@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,16 +28,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 
 import aiohttp
-import pytest
 
 from bosh.cluster import find_haproxy
+from scripts.lib.procs import (Managed, free_port, python_env, read_since, size_of, spawn,
+                               stop_process, wait_started)
+from tests.support import require
 from tests.support.boshcm import REPO_ROOT, render_toml
 
 if TYPE_CHECKING:
     from tests.support.upstreams import XmppServer
 
-__all__ = ["ClusterLauncher", "AddressPool", "require_haproxy", "alive", "get", "metric",
-           "until"]
+__all__ = ["ClusterLauncher", "AddressPool", "require_haproxy", "alive", "client_http", "get",
+           "metric", "until"]
 
 _READY = re.compile(r"listening on (http://\S+) \((\d+) nodes\)")
 
@@ -46,12 +47,10 @@ _READY = re.compile(r"listening on (http://\S+) \((\d+) nodes\)")
 def require_haproxy() -> str:
     """Design §7: fail in CI, skip on a dev box without HAProxy."""
     path = find_haproxy()
-    if path is not None:
-        return path
-    msg = "haproxy not installed (bash scripts/test installs it: apt-get install haproxy)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    require(None if path is not None else
+            "haproxy not installed (bash scripts/test installs it: apt-get install haproxy)")
+    assert path is not None
+    return path
 
 
 def alive(pid: int | None) -> bool:
@@ -75,13 +74,11 @@ def _merge(base: dict[str, dict[str, Any]], extra: Mapping[str, Mapping[str, Any
     return out
 
 
-class ClusterLauncher:
+class ClusterLauncher(Managed):
     """``python -m bosh.cluster`` as a subprocess with a base config of its own."""
 
     def __init__(self, workdir: Path, server: "XmppServer", nodes: int = 3,
                  base: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        from tests.support.prosody import free_port
-
         self.workdir = workdir
         self.run_dir = workdir / "run"
         self.port = free_port()
@@ -104,42 +101,22 @@ class ClusterLauncher:
 
     # ------------------------------------------------------------------ process
     def start(self, timeout: float = 40) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bosh.cluster", "--config", str(self.base_path),
-                 "--nodes", str(self.nodes), "--run-dir", str(self.run_dir)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=str(REPO_ROOT), env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = _READY.search(self.log())
-            if m:
-                assert m.group(1) == self.url and int(m.group(2)) == self.nodes, m.group(0)
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"launcher exited with {self.proc.returncode}\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"launcher not listening within {timeout}s\n{self.tail()}")
-            try:
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        self.proc = spawn([sys.executable, "-m", "bosh.cluster", "--config", str(self.base_path),
+                           "--nodes", str(self.nodes), "--run-dir", str(self.run_dir)],
+                          self.log_path, cwd=REPO_ROOT, env=python_env(REPO_ROOT))
+        m = wait_started(self.proc, lambda: _READY.search(self.log()), timeout,
+                         error=AssertionError, exited="launcher exited with {code}",
+                         late=f"launcher not listening within {timeout}s", tail=self.tail,
+                         on_late=self.stop)
+        assert m.group(1) == self.url and int(m.group(2)) == self.nodes, m.group(0)
 
     def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (the launcher drains and stops its nodes and HAProxy) and wait; SIGKILL
+        to its whole process group after ``timeout``."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, timeout, group=True)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None and self.proc.poll() is None, self.tail()
@@ -147,18 +124,14 @@ class ClusterLauncher:
 
     # ------------------------------------------------------------------ state
     def log(self) -> str:
-        return self.log_path.read_bytes().decode(errors="replace") if self.log_path.exists() else ""
+        return read_since(self.log_path)
 
     def log_size(self) -> int:
         """A mark: :meth:`log_since` returns what was written after it."""
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
+        return size_of(self.log_path)
 
     def log_since(self, mark: int) -> str:
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as f:
-            f.seek(mark)
-            return f.read().decode(errors="replace")
+        return read_since(self.log_path, mark)
 
     def tail(self, limit: int = 6000) -> str:
         return "--- launcher.log ---\n" + self.log()[-limit:]
@@ -171,6 +144,15 @@ class ClusterLauncher:
 
     def pids(self) -> dict[str, int | None]:
         return {n["node_id"]: n["pid"] for n in self.nodes_json()["nodes"]}
+
+    async def node_metrics(self) -> dict[str, str]:
+        """node id -> the Prometheus text of that node's ``/metrics``."""
+        out = {}
+        for n in self.nodes_json()["nodes"]:
+            status, text = await get(f"http://127.0.0.1:{n['port']}/metrics")
+            assert status == 200, n
+            out[n["node_id"]] = text
+        return out
 
     async def haproxy_up(self) -> set[tuple[str, str]]:
         """(backend, server) pairs HAProxy has UP, from the launcher's stats socket."""
@@ -233,6 +215,13 @@ class AddressPool:
     def __call__(self) -> str:
         n = next(self._n)
         return f"127.0.{self.first_net + n // 250}.{n % 250 + 2}"
+
+
+def client_http(ip: str) -> aiohttp.ClientSession:
+    """An HTTP client whose connections come from the loopback address ``ip`` (no total
+    timeout: BOSH requests are held; no connection limit)."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                                 connector=aiohttp.TCPConnector(local_addr=(ip, 0), limit=0))
 
 
 async def get(url: str) -> tuple[int, str]:

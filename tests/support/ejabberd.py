@@ -43,7 +43,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.prosody import _port_open, free_port, make_self_signed_cert
+from scripts.lib.procs import Managed, free_ports, port_open, size_of, spawn, wait_started
+from tests.support.prosody import make_self_signed_cert
 
 __all__ = ["EjabberdServer", "EjabberdError", "ejabberd_available", "ejabberd_missing_reason",
            "EJABBERDCTL"]
@@ -92,7 +93,7 @@ def _yaml(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class EjabberdServer:
+class EjabberdServer(Managed):
     """One ejabberd instance in ``workdir``: c2s (STARTTLS required) on loopback, plus a c2s
     listener that expects the PROXY protocol header (``proxy_c2s_port``)."""
 
@@ -122,11 +123,6 @@ class EjabberdServer:
         self.key_path = self.workdir / "certs" / f"{domain}.key"
         self.pem_path = self.workdir / "certs" / f"{domain}.pem"  # cert + key, as ejabberd wants
         self.proc: subprocess.Popen[bytes] | None = None
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # ------------------------------------------------------------------ setup
     def _make_cert(self) -> None:
@@ -247,45 +243,24 @@ modules:
             path.mkdir(parents=True, exist_ok=True)
         self._make_cert()
         if not self.c2s_port:
-            picked: set[int] = set()
-            while len(picked) < 3:
-                picked.add(free_port(self.host))
-            self.c2s_port, self.proxy_c2s_port, self.dist_port = sorted(picked)
+            self.c2s_port, self.proxy_c2s_port, self.dist_port = free_ports(3, self.host)
         self._write_config()
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        console_offset = self.console_path.stat().st_size if self.console_path.exists() else 0
-        console = open(self.console_path, "ab")
-        try:
-            # A new session: ejabberdctl (bash) and the Erlang VM it runs are one process
-            # group, ended together by its id.
-            self.proc = subprocess.Popen(
-                self._ctl_cmd("foreground"), stdin=subprocess.DEVNULL, stdout=console,
-                stderr=subprocess.STDOUT, cwd=str(self.workdir), env=self._env(),
-                start_new_session=True)
-        finally:
-            console.close()
-        deadline = time.monotonic() + timeout
+        log_offset = size_of(self.log_path)
+        console_offset = size_of(self.console_path)
+        # A new session: ejabberdctl (bash) and the Erlang VM it runs are one process
+        # group, ended together by its id.
+        self.proc = spawn(self._ctl_cmd("foreground"), self.console_path, cwd=self.workdir,
+                          env=self._env())
         ports = [self.c2s_port, self.proxy_c2s_port]
         # A bare connection to the PROXY protocol listener would be logged as an error
         # there: that one is watched for in the console output instead (ejabberd.log is
         # written with a delay of up to seconds).
         proxy_ready = f"Start accepting TCP connections at {self.host}:{self.proxy_c2s_port} ".encode()
-        while True:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.kill()
-                raise EjabberdError(f"ejabberd exited with {code} during startup\n"
-                                    + self.log_tail(log_offset))
-            if proxy_ready in self._console_since(console_offset) and _port_open(self.host, self.c2s_port):
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise EjabberdError(f"ejabberd did not listen on {ports} within {timeout}s\n"
-                                    + self.log_tail(log_offset))
-            try:  # block on the child for a short while: a poll step, not a fixed sleep
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        wait_started(self.proc, lambda: proxy_ready in self._console_since(console_offset)
+                     and port_open(self.host, self.c2s_port), timeout,
+                     error=EjabberdError, exited="ejabberd exited with {code} during startup",
+                     late=f"ejabberd did not listen on {ports} within {timeout}s",
+                     tail=lambda: self.log_tail(log_offset), on_exit=self.kill, on_late=self.kill)
 
     @staticmethod
     def _group_members(pgid: int) -> dict[int, int]:
@@ -365,13 +340,6 @@ modules:
         """SIGKILL: the server vanishes without closing its streams (an 'upstream died' test)."""
         self._kill_group()
         self.proc = None
-
-    def __enter__(self) -> "EjabberdServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ ejabberdctl
     def ctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -18,13 +18,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from tests.support.prosody import free_port
+from scripts.lib.procs import Managed, free_port, port_open, spawn, stop_process, wait_started
+from tests.support import require
 
 __all__ = ["NginxProxy", "NginxError", "nginx_available", "nginx_binary", "require_nginx",
            "EXAMPLE_CONF"]
@@ -33,14 +31,6 @@ __all__ = ["NginxProxy", "NginxError", "nginx_available", "nginx_binary", "requi
 EXAMPLE_CONF = Path(__file__).resolve().parents[2] / "conf" / "nginx-bosh.conf"
 #: The bosh-cm address the example proxies to; replaced by the test bosh-cm's port.
 _EXAMPLE_UPSTREAM = re.compile(r"http://127\.0\.0\.1:5280\b")
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class NginxError(RuntimeError):
@@ -61,17 +51,10 @@ def nginx_available() -> bool:
 
 def require_nginx() -> None:
     """Design §7 (as ``require_prosody``): fail when CI=true, else skip, without nginx."""
-    if nginx_available():
-        return
-    import pytest
-
-    msg = "nginx not installed (bash scripts/test installs it)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    require(None if nginx_available() else "nginx not installed (bash scripts/test installs it)")
 
 
-class NginxProxy:
+class NginxProxy(Managed):
     """One nginx in ``workdir`` with a single ``server`` on 127.0.0.1 that includes the example
     location blocks pointed at bosh-cm on ``upstream_port``."""
 
@@ -94,10 +77,6 @@ class NginxProxy:
 
     def ws_url(self, path: str = "/xmpp-websocket") -> str:
         return f"ws://{self.host}:{self.port}{path}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def _write_config(self) -> None:
         text = self.example.read_text()
@@ -143,57 +122,23 @@ http {{
         if not self.port:
             self.port = free_port(self.host)
         self._write_config()
-        console = open(self.console_path, "ab")
-        try:
-            # -e: the startup error log too (Debian's default is stderr, others /var/log/nginx)
-            self.proc = subprocess.Popen(
-                [binary, "-p", str(self.workdir), "-c", str(self.config_path),
-                 "-e", str(self.error_log)],
-                stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-                cwd=str(self.workdir), start_new_session=True,
-            )
-        finally:
-            console.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.proc = None
-                raise NginxError(f"nginx exited with {code} during startup\n" + self.log_tail())
-            if _port_open(self.host, self.port):
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise NginxError(f"nginx did not listen on {self.port} within {timeout}s\n"
-                                 + self.log_tail())
-            try:  # block on the child for a short while: a poll step, not a fixed sleep
-                self.proc.wait(timeout=0.05)
-            except subprocess.TimeoutExpired:
-                pass
+        # -e: the startup error log too (Debian's default is stderr, others /var/log/nginx)
+        self.proc = spawn([binary, "-p", str(self.workdir), "-c", str(self.config_path),
+                           "-e", str(self.error_log)], self.console_path, cwd=self.workdir)
+        wait_started(self.proc, lambda: port_open(self.host, self.port), timeout,
+                     error=NginxError, exited="nginx exited with {code} during startup",
+                     late=f"nginx did not listen on {self.port} within {timeout}s",
+                     tail=self.log_tail, on_exit=self._forget, on_late=self.stop)
+
+    def _forget(self) -> None:
+        self.proc = None
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM (fast shutdown) and wait; SIGKILL after ``timeout``."""
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                try:  # the workers are in our session: do not leave them behind
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-
-    def __enter__(self) -> "NginxProxy":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """SIGTERM (fast shutdown) and wait; SIGKILL after ``timeout``, to the workers too
+        (they are in nginx's own process group)."""
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            stop_process(proc, timeout, group=True)
 
     def log_tail(self, limit: int = 4000) -> str:
         parts = []
