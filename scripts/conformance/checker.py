@@ -32,8 +32,9 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [x for x in sys.path if x and Path(x).resolve() != Path(_here)]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    # The repository root, for bosh/sasl.py only (standard library, no I/O): the checker's
-    # one SCRAM is the product's sans-IO SASL client. An installed bosh-cm comes first.
+    # The repository root, for bosh/sasl.py and scripts/lib/xmpplogin.py only (standard library
+    # and lxml, no I/O of their own): the checker's one SCRAM is the product's sans-IO SASL
+    # client. An installed bosh-cm comes first.
     sys.path.append(str(Path(__file__).resolve().parents[2]))
     __package__ = "conformance"  # noqa: A001
 

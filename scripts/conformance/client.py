@@ -8,7 +8,6 @@ Every HTTP exchange is recorded (:class:`Exchange`) so that whole-run invariants
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from lxml import etree
 
 from bosh import sasl  # sans-IO, no I/O: the product's SASL client (one SCRAM)
+# The test clients' login steps and XML helpers (standard library, lxml and bosh.sasl only):
+# one SASL exchange and one bind for the checker, the BOSH and the WebSocket test clients.
+from scripts.lib.xmpplogin import (attr_name, bind_resource, offered_mechanisms, sasl_exchange,
+                                   strict_parser)
 
 from .rawhttp import Conn, HttpError, HttpResponse, request
 
@@ -56,15 +59,10 @@ def ensure(cond: object, msg: str) -> None:
         raise Fail(msg)
 
 
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, recover=False,
-                           huge_tree=False, remove_comments=False, remove_pis=False)
-
-
 def parse_strict(raw: bytes) -> tuple[etree._Element | None, str | None]:
     """(root, None) for a well-formed ``{NS}body`` document, else (None or root, problem)."""
     try:
-        root = etree.fromstring(raw, _parser())
+        root = etree.fromstring(raw, strict_parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
         return None, f"not well-formed XML ({exc})"
     tree = root.getroottree()
@@ -105,13 +103,8 @@ class BoshResp:
         return self.http.body
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        if self.el is None:
-            return default
-        if name.startswith("xmpp:"):
-            name = f"{{{XB}}}{name[5:]}"
-        elif name.startswith("xml:"):
-            name = f"{{{XMLNS}}}{name[4:]}"
-        return self.el.get(name, default)
+        """An attribute; ``xmpp:x`` / ``xml:x`` shorthands work too."""
+        return default if self.el is None else self.el.get(attr_name(name), default)
 
     @property
     def attrs(self) -> dict[str, str]:
@@ -389,9 +382,7 @@ class Sess:
 
     # ------------------------------------------------------------------ XMPP
     def mechanisms(self) -> list[str]:
-        if self.features is None:
-            return []
-        return [m.text or "" for m in self.features.iter(f"{{{SASL}}}mechanism")]
+        return offered_mechanisms(self.features)
 
     async def login(self, user: str, password: str, resource: str | None = None,
                     restart_value: str = "true") -> str:
@@ -404,8 +395,11 @@ class Sess:
             mech = "SCRAM-SHA-1"
         else:
             raise Skip(f"no SASL mechanism we speak (offered: {mechs or 'none'})")
-        el = await self._sasl(sasl.client(mech, user, password), to)
-        ensure(el.tag == f"{{{SASL}}}success", f"SASL did not succeed: {short(etree.tostring(el))}")
+        try:
+            await sasl_exchange(sasl.client(mech, user, password), self.req,
+                                lambda: self._sasl_result(to), Fail)
+        except sasl.SaslError as exc:  # a server answer the mechanism refuses (RFC 5802 §3)
+            raise Fail(f"SASL {mech}: {exc}") from None
         r = await self.req("", xmpp_restart=restart_value, to=self.ctx.domain, xml_lang="en")
         self.features = self.take(lambda e: e.tag == FEATURES)
         if self.features is None:
@@ -414,34 +408,15 @@ class Sess:
         ensure(self.features.find(f"{{{BIND}}}bind") is not None,
                f"no <bind/> in the features after the restart: {short(etree.tostring(self.features))}")
         resource = resource or f"conf-{secrets.token_hex(4)}"
-        res = await self.iq(f"<bind xmlns='{BIND}'><resource>{resource}</resource></bind>", "set")
-        ensure(res.get("type") == "result", f"bind failed: {short(etree.tostring(res))}")
-        self.jid = res.findtext(f"{{{BIND}}}bind/{{{BIND}}}jid")
-        sess = self.features.find(f"{{{SESSION}}}session")
-        if sess is not None and sess.find(f"{{{SESSION}}}optional") is None:
-            await self.iq(f"<session xmlns='{SESSION}'/>", "set")
+        self.jid = await bind_resource(self.iq, self.features, resource, to, Fail)
         return self.jid or ""
 
     async def _sasl_result(self, timeout: float) -> etree._Element:
+        """The next ``<challenge/>`` or ``<success/>``; a ``<failure/>`` fails the check."""
         want = {f"{{{SASL}}}{n}" for n in ("success", "failure", "challenge")}
-        return await self.poll_until(lambda e: e.tag in want, timeout)
-
-    async def _sasl(self, mech: sasl.Mechanism, timeout: float) -> etree._Element:
-        """One SASL exchange (RFC 6120 §6.4) with a :mod:`bosh.sasl` mechanism; returns the
-        final ``<success/>`` or ``<failure/>``. A server answer the mechanism refuses (a bad
-        SCRAM signature, RFC 5802 §3) fails the check."""
-        await self.req(f"<auth xmlns='{SASL}' mechanism='{mech.name}'>{_b64(mech.initial())}</auth>")
-        try:
-            while True:
-                el = await self._sasl_result(timeout)
-                if el.tag != f"{{{SASL}}}challenge":
-                    if el.tag == f"{{{SASL}}}success":
-                        mech.success(_unb64(el.text))
-                    return el
-                answer = mech.challenge(_unb64(el.text))
-                await self.req(f"<response xmlns='{SASL}'>{_b64(answer)}</response>")
-        except sasl.SaslError as exc:
-            raise Fail(f"SASL {mech.name}: {exc}") from None
+        el = await self.poll_until(lambda e: e.tag in want, timeout)
+        ensure(el.tag != f"{{{SASL}}}failure", f"SASL did not succeed: {short(etree.tostring(el))}")
+        return el
 
     async def iq(self, inner: str, type_: str = "get", to: str | None = None,
                  timeout: float | None = None) -> etree._Element:
@@ -515,15 +490,6 @@ def _int(value: str | None, default: Any) -> Any:
         return int(value)
     except ValueError:
         return default
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode() if data else "="  # RFC 6120 §6.4.2: '=' is empty
-
-
-def _unb64(text: str | None) -> bytes:
-    text = (text or "").strip()
-    return b"" if text in ("", "=") else base64.b64decode(text)
 
 
 # ---------------------------------------------------------------------- stanza helpers

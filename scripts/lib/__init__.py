@@ -6,6 +6,8 @@ Scripts stand alone and do not import ``tests`` (design.md §8 rule 9); the test
 * :mod:`scripts.lib.prosody` - a throwaway Prosody (loopback, STARTTLS, users)
 * :mod:`scripts.lib.boshcm` - bosh-cm as a subprocess
 * :mod:`scripts.lib.boshclient` - the black-box BOSH client (SASL from :mod:`bosh.sasl`)
+* :mod:`scripts.lib.xmpplogin` - the login steps (SASL, restart, bind) every test client and
+  the conformance checker share; standard library, lxml and :mod:`bosh.sasl` only
 * :mod:`scripts.lib.xmppclient` - a plain XMPP-over-TCP peer (slixmpp)
 * :mod:`scripts.lib.upstreams` - :class:`XmppServer`, what both throwaway servers offer
 * :mod:`scripts.lib.procs` - free ports, waiting for a child to start, stopping it

@@ -1,7 +1,8 @@
 """A small black-box BOSH (XEP-0124 + XEP-0206) test client on aiohttp.
 
 The one BOSH client of the tests and the scripts (``tests/support/boshclient.py`` re-exports
-it); its SASL mechanisms are the product's sans-IO :mod:`bosh.sasl`.
+it); its login steps (SASL with the product's sans-IO :mod:`bosh.sasl`, restart, bind) are
+:class:`scripts.lib.xmpplogin.LoginSteps`, which the WebSocket client takes too.
 
 HTTP only: it knows nothing of bosh-cm internals, so the same tests run against Prosody's
 own ``/http-bind``. Every response is parsed strictly (namespace-aware, non-recovering, no
@@ -25,22 +26,24 @@ Passwords are never logged or put into exception messages.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import aiohttp
 from lxml import etree
 
 from bosh import sasl
+from scripts.lib.xmpplogin import (NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, NS_XBOSH, NS_XML,
+                                   LoginSteps, SaslFailure, attr_name, bind_resource,
+                                   sasl_exchange, strict_parser)
 
 __all__ = [
     "NS_HTTPBIND", "NS_XBOSH", "NS_STREAM", "NS_CLIENT", "NS_SASL", "NS_BIND", "NS_STANZAS",
-    "BoshResponse", "BoshClient", "BoshTerminated", "BoshProtocolError", "SaslFailure",
+    "NS_STREAMS_ERR", "NS_XML", "Predicate", "BoshResponse", "BoshClient", "BoshTerminated", "BoshProtocolError", "SaslFailure",
     "parse_body", "is_tag", "is_message", "is_presence", "scram_sha1_client", "sasl_exchange",
     "bind_resource",
     "BODY", "FEATURES",
@@ -49,14 +52,8 @@ __all__ = [
 log = logging.getLogger("tests.boshclient")
 
 NS_HTTPBIND = "http://jabber.org/protocol/httpbind"
-NS_XBOSH = "urn:xmpp:xbosh"
-NS_STREAM = "http://etherx.jabber.org/streams"
-NS_CLIENT = "jabber:client"
-NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
-NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_STREAMS_ERR = "urn:ietf:params:xml:ns:xmpp-streams"
-NS_XML = "http://www.w3.org/XML/1998/namespace"
 
 BODY = f"{{{NS_HTTPBIND}}}body"
 FEATURES = f"{{{NS_STREAM}}}features"
@@ -76,22 +73,10 @@ class BoshTerminated(Exception):
         self.response = response
 
 
-class SaslFailure(Exception):
-    def __init__(self, element: etree._Element) -> None:
-        names = [etree.QName(c).localname for c in element]
-        super().__init__(f"SASL failure: {names}")
-        self.element = element
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           recover=False, huge_tree=False, remove_comments=False, remove_pis=False)
-
-
 def parse_body(raw: bytes) -> etree._Element:
     """Parse one response strictly; raise :class:`BoshProtocolError` unless it is a ``<body/>``."""
     try:
-        root = etree.fromstring(raw, _parser())
+        root = etree.fromstring(raw, strict_parser())
     except etree.XMLSyntaxError as exc:
         raise BoshProtocolError(f"response is not well-formed XML ({exc}): {raw[:300]!r}") from None
     if root.getroottree().docinfo.doctype:
@@ -118,11 +103,7 @@ class BoshResponse:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """An attribute by Clark name or plain name; ``xmpp:x`` / ``xml:x`` shorthands work too."""
-        if name.startswith("xmpp:"):
-            name = f"{{{NS_XBOSH}}}{name[5:]}"
-        elif name.startswith("xml:"):
-            name = f"{{{NS_XML}}}{name[4:]}"
-        return self.body.get(name, default)
+        return self.body.get(attr_name(name), default)
 
     @property
     def type(self) -> str | None:
@@ -181,59 +162,6 @@ def scram_sha1_client(username: str, password: str, nonce: str | None = None) ->
     return sasl.Scram("SCRAM-SHA-1", username, password, nonce=nonce)
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode() if data else "="  # RFC 6120 §6.4.2: '=' is empty
-
-
-def _unb64(text: str | None) -> bytes:
-    text = (text or "").strip()
-    return b"" if text in ("", "=") else base64.b64decode(text)
-
-
-async def sasl_exchange(mechanism: sasl.Mechanism, send: Callable[[str], Awaitable[object]],
-                        reply: Callable[[], Awaitable[etree._Element]],
-                        error: type[Exception]) -> None:
-    """One SASL exchange over any transport (RFC 6120 §6.4): ``<auth/>`` with the initial
-    response, a ``<response/>`` to each ``<challenge/>``, then the data of ``<success/>``
-    checked by the mechanism (SCRAM verifies the server signature, RFC 5802 §3).
-
-    ``reply()`` returns the next ``<challenge/>``/``<success/>`` (and raises on ``<failure/>``);
-    anything else raises ``error``. A bad server answer raises :class:`bosh.sasl.SaslError`.
-    """
-    await send(f"<auth xmlns='{NS_SASL}' mechanism='{mechanism.name}'>"
-               f"{_b64(mechanism.initial())}</auth>")
-    while True:
-        el = await reply()
-        if el.tag == f"{{{NS_SASL}}}challenge":
-            answer = mechanism.challenge(_unb64(el.text))
-            await send(f"<response xmlns='{NS_SASL}'>{_b64(answer)}</response>")
-        elif el.tag == f"{{{NS_SASL}}}success":
-            mechanism.success(_unb64(el.text))
-            return
-        else:
-            raise error(f"unexpected SASL reply {el.tag}")
-
-
-NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
-
-
-async def bind_resource(iq: Callable[..., Awaitable[etree._Element]],
-                        features: etree._Element | None, resource: str | None, timeout: float,
-                        error: type[Exception]) -> str | None:
-    """Resource binding (RFC 6120 §7) over any transport's ``iq(payload, type_, timeout=)``;
-    then RFC 3921 session establishment, only when ``features`` offer it as mandatory (old
-    servers). Returns the bound full JID."""
-    inner = f"<resource>{resource}</resource>" if resource else ""
-    res = await iq(f"<bind xmlns='{NS_BIND}'>{inner}</bind>", "set", timeout=timeout)
-    if res.get("type") != "result":
-        raise error(f"bind failed: {etree.tostring(res)!r}")
-    jid = res.findtext(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
-    sess = features.find(f"{{{NS_SESSION}}}session") if features is not None else None
-    if sess is not None and sess.find(f"{{{NS_SESSION}}}optional") is None:
-        await iq(f"<session xmlns='{NS_SESSION}'/>", "set")
-    return jid
-
-
 # ---------------------------------------------------------------------- the client
 @dataclass
 class _Sent:
@@ -242,8 +170,13 @@ class _Sent:
 
 
 @dataclass
-class BoshClient:
-    """One BOSH session over raw HTTP POSTs. Use as an async context manager."""
+class BoshClient(LoginSteps):
+    """One BOSH session over raw HTTP POSTs. Use as an async context manager. The login
+    steps (``auth``, ``login``, ``bind``, ``iq``, ``send_message``, ...) are
+    :class:`~scripts.lib.xmpplogin.LoginSteps`, over :meth:`send_element` and :meth:`wait_for`."""
+
+    protocol_error = BoshProtocolError
+    iq_prefix = "t"
 
     url: str
     origin: str | None = None
@@ -464,74 +397,16 @@ class BoshClient:
             await self._wait_change(mark, deadline)
         return self.terminated
 
-    # ------------------------------------------------------------------ XMPP helpers
-    def _mechanisms(self) -> list[str]:
-        if self.features is None:
-            return []
-        return [m.text or "" for m in self.features.iter(f"{{{NS_SASL}}}mechanism")]
-
-    async def _sasl_result(self, timeout: float) -> etree._Element:
-        want = {f"{{{NS_SASL}}}{n}" for n in ("success", "failure", "challenge")}
-        el = await self.wait_for(lambda e: e.tag in want, timeout)
-        if el.tag == f"{{{NS_SASL}}}failure":
-            raise SaslFailure(el)
-        return el
-
-    async def auth(self, user: str, password: str, mechanism: str = "PLAIN",
-                   timeout: float = 10) -> None:
-        """SASL through BOSH (XEP-0206 §5) with a :mod:`bosh.sasl` mechanism (PLAIN,
-        SCRAM-SHA-1, SCRAM-SHA-256); SCRAM verifies the server signature."""
-        await sasl_exchange(sasl.client(mechanism, user, password), self.post,
-                            lambda: self._sasl_result(timeout), BoshProtocolError)
-
-    async def auth_plain(self, user: str, password: str, timeout: float = 10) -> None:
-        """SASL PLAIN (RFC 4616) through BOSH (XEP-0206 §5)."""
-        await self.auth(user, password, "PLAIN", timeout)
-
-    async def auth_scram_sha1(self, user: str, password: str, timeout: float = 10) -> None:
-        """SASL SCRAM-SHA-1 (RFC 5802), no channel binding; verifies the server signature."""
-        await self.auth(user, password, "SCRAM-SHA-1", timeout)
+    # ------------------------------------------------------------------ XMPP (LoginSteps)
+    async def send_element(self, data: str) -> "asyncio.Task[BoshResponse]":
+        """One element in the next request, without waiting for its answer (:meth:`post`)."""
+        return await self.post(data)
 
     async def restart(self, timeout: float = 10) -> etree._Element:
         """Stream restart (XEP-0206 §5): xmpp:restart='true'; returns the new features."""
-        await self.post(b"", xmpp_restart="true", to=self._to(), xml_lang="en")
+        await self.post(b"", xmpp_restart="true", to=self.to, xml_lang="en")
         self.features = await self.wait_for(lambda e: e.tag == FEATURES, timeout)
         return self.features
-
-    def _to(self) -> str | None:
-        return self.to
-
-    async def iq(self, payload: str, type_: str = "get", to: str | None = None,
-                 timeout: float = 10) -> etree._Element:
-        """Send an iq and wait for its result/error (matched by id)."""
-        iq_id = f"t{next(self._ids)}-{secrets.token_hex(3)}"
-        to_attr = f" to='{to}'" if to else ""
-        await self.post(f"<iq xmlns='{NS_CLIENT}' type='{type_}' id='{iq_id}'{to_attr}>{payload}</iq>")
-        return await self.wait_for(
-            lambda e: e.tag == f"{{{NS_CLIENT}}}iq" and e.get("id") == iq_id, timeout)
-
-    async def bind(self, resource: str | None = None, timeout: float = 10) -> str:
-        """Resource binding (RFC 6120 §7) after the restart; returns the full JID."""
-        self.jid = await bind_resource(self.iq, self.features, resource, timeout,
-                                       BoshProtocolError)
-        return self.jid or ""
-
-    async def login(self, user: str, password: str, mechanism: str = "PLAIN",
-                    resource: str | None = None, timeout: float = 10) -> str:
-        """SASL + restart + bind; returns the bound full JID."""
-        if mechanism not in sasl.MECHANISMS:
-            raise ValueError(mechanism)
-        await self.auth(user, password, mechanism, timeout)
-        await self.restart(timeout)
-        return await self.bind(resource, timeout)
-
-    async def send_presence(self, payload: str = "") -> None:
-        await self.post(f"<presence xmlns='{NS_CLIENT}'>{payload}</presence>"
-                        if payload else f"<presence xmlns='{NS_CLIENT}'/>")
-
-    async def send_message(self, to: str, body: str, type_: str = "chat") -> None:
-        text = body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        await self.post(f"<message xmlns='{NS_CLIENT}' to='{to}' type='{type_}'><body>{text}</body></message>")
 
     async def terminate(self, payload: str = "", timeout: float = 5) -> BoshResponse | None:
         """type='terminate' (XEP-0124 §13) and wait for the in-flight requests to end."""

@@ -1,14 +1,15 @@
-"""Helpers for the upstream bridge tests: a scripted fake XMPP server and a recording listener.
+"""Helpers for the upstream bridge tests: the fake XMPP server, scripted, and a recording listener.
 
-The fake server is driven step by step from each test (expect this, send that), so tests
-state the protocol exchange they check. Nothing sleeps: every wait is on a future or a
-stream read with a timeout.
+The fake server is the one of the whole suite (:mod:`tests.support.fake_xmpp`), used here
+scripted: each accepted connection is driven step by step from the test (expect this, send
+that), so tests state the protocol exchange they check. ``FakeServer`` and ``ServerConn`` are
+its names in these tests. Nothing sleeps: every wait is on a future or a stream read with a
+timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,112 +17,13 @@ from typing import Sequence
 
 from bosh.errors import Condition
 from bosh.ports import StreamInfo
+from tests.support.fake_xmpp import (FEATURES_SASL, FEATURES_SASL_WITH_STARTTLS, FEATURES_TLS,
+                                     HEADER_RE, SERVER_HEADER, WAIT)
+from tests.support.fake_xmpp import FakeXmppConn as ServerConn
+from tests.support.fake_xmpp import FakeXmppServer as FakeServer
 
-WAIT = 5.0  # upper bound for anything that should happen "at once"
-
-NS_STREAM = "http://etherx.jabber.org/streams"
-SERVER_HEADER = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-                 "xmlns:stream='http://etherx.jabber.org/streams' from='localhost' "
-                 "id='{id}' version='1.0' xml:lang='en'>")
-FEATURES_TLS = ("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>"
-                "<required/></starttls></stream:features>")
-FEATURES_SASL = ("<stream:features>"
-                 "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
-                 "<mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-1</mechanism>"
-                 "<mechanism>PLAIN</mechanism></mechanisms>"
-                 "<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>"
-                 "<channel-binding type='tls-exporter'/></sasl-channel-binding>"
-                 "<compression xmlns='http://jabber.org/features/compress'>"
-                 "<method>zlib</method></compression>"
-                 "</stream:features>")
-FEATURES_SASL_WITH_STARTTLS = FEATURES_SASL.replace(
-    "<stream:features>",
-    "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-HEADER_RE = rb"<stream:stream [^>]*>"
-
-
-class ServerConn:
-    """The server side of one accepted connection."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.buffer = b""
-        self.received = b""  # everything ever read, for "never sent" assertions
-
-    async def _fill(self) -> bool:
-        chunk = await asyncio.wait_for(self.reader.read(65536), WAIT)
-        if not chunk:
-            return False
-        self.buffer += chunk
-        self.received += chunk
-        return True
-
-    async def expect(self, pattern: bytes) -> re.Match[bytes]:
-        """Wait until the unread data matches ``pattern``; consume through the match."""
-        regex = re.compile(pattern, re.S)
-        while True:
-            match = regex.search(self.buffer)
-            if match:
-                self.buffer = self.buffer[match.end():]
-                return match
-            if not await self._fill():
-                raise AssertionError(f"EOF while waiting for {pattern!r}; got {self.buffer!r}")
-
-    async def read_to_eof(self) -> bytes:
-        """Everything until the client closes the connection."""
-        while await self._fill():
-            pass
-        data, self.buffer = self.buffer, b""
-        return data
-
-    def send(self, data: str | bytes) -> None:
-        self.writer.write(data.encode() if isinstance(data, str) else data)
-
-    async def starttls(self, ctx: ssl.SSLContext) -> None:
-        """Server side of RFC 6120 §5.4.3.3: <proceed/> then the TLS handshake."""
-        self.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-        await self.writer.drain()
-        await asyncio.wait_for(self.writer.start_tls(ctx), WAIT)
-        self.buffer = b""
-
-    async def open_stream(self, stream_id: str, features: str) -> re.Match[bytes]:
-        """Read the client's header, answer with ours and the features."""
-        header = await self.expect(HEADER_RE)
-        self.send(SERVER_HEADER.format(id=stream_id) + features)
-        return header
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class FakeServer:
-    """A TCP listener on 127.0.0.1 whose accepted connections are handed to the test."""
-
-    def __init__(self) -> None:
-        self.accepted: asyncio.Queue[ServerConn] = asyncio.Queue()
-        self.conns: list[ServerConn] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            conn = ServerConn(reader, writer)
-            self.conns.append(conn)
-            await self.accepted.put(conn)
-
-        self.server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def accept(self) -> ServerConn:
-        return await asyncio.wait_for(self.accepted.get(), WAIT)
-
-    async def stop(self) -> None:
-        for conn in self.conns:
-            conn.writer.transport.abort()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+__all__ = ["WAIT", "SERVER_HEADER", "HEADER_RE", "FEATURES_TLS", "FEATURES_SASL",
+           "FEATURES_SASL_WITH_STARTTLS", "FakeServer", "ServerConn", "RecordingListener", "Cert"]
 
 
 @dataclass

@@ -5,8 +5,7 @@
   the streams still open).
 * :func:`serve_app` - the real aiohttp app on a real loopback port (raw-socket tests).
 * :func:`raw_http` - one hand-written HTTP/1.1 exchange on a fresh TCP connection.
-* :class:`FakeXmppServer` - a plaintext XMPP server that records what bosh-cm writes
-  (e.g. the ``</stream:stream>`` sent on SIGTERM).
+* the fake XMPP server (one for the whole suite) is :class:`tests.support.fake_xmpp.FakeXmppServer`.
 
 Imported as ``tests.faults._ops``. Nothing here sleeps: every wait has a deadline.
 """
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -23,6 +22,7 @@ from bosh.config import HttpConfig
 from bosh.web import make_runner
 from bosh.ports import NS_HTTPBIND, NS_XBOSH
 from tests.support.prosody import free_port  # the one copy (scripts/lib/prosody.py)
+from tests.support.rawhttp import read_head
 
 NS = NS_HTTPBIND
 XB = NS_XBOSH
@@ -90,17 +90,7 @@ def http_request(path: str, body: bytes, headers: dict[str, str] | None = None,
 
 async def read_response(reader: asyncio.StreamReader, timeout: float = DEADLINE) -> HttpResult:
     async def go() -> HttpResult:
-        status_line = await reader.readline()
-        if not status_line:
-            raise ConnectionError("connection closed before a response")
-        status = int(status_line.split()[1])
-        headers: dict[str, str] = {}
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            k, _, v = line.decode().partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status, headers = await read_head(reader, "a response")
         n = int(headers.get("content-length", "0"))
         data = await reader.readexactly(n)
         return HttpResult(status, headers, data)
@@ -128,65 +118,3 @@ async def eof_within(reader: asyncio.StreamReader, timeout: float = DEADLINE) ->
         return await asyncio.wait_for(go(), timeout)
     except (asyncio.TimeoutError, ConnectionError):
         return False
-
-
-# --------------------------------------------------------------------------- fake XMPP server
-
-STREAM_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-                 b"xmlns:stream='http://etherx.jabber.org/streams' id='fake-%d' "
-                 b"from='localhost' version='1.0'>")
-
-
-@dataclass
-class FakeConn:
-    data: bytearray = field(default_factory=bytearray)
-    footer: asyncio.Event = field(default_factory=asyncio.Event)
-    gone: asyncio.Event = field(default_factory=asyncio.Event)
-    writer: asyncio.StreamWriter | None = None
-
-
-class FakeXmppServer:
-    """A plaintext XMPP 'server': answers every stream header with features, echoes
-    ``<message/>`` elements verbatim and records all bytes per connection."""
-
-    def __init__(self) -> None:
-        self.conns: list[FakeConn] = []
-        self.server: asyncio.base_events.Server | None = None
-        self.port = 0
-        self.connected = asyncio.Event()
-
-    async def start(self) -> "FakeXmppServer":
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = FakeConn(writer=writer)
-        self.conns.append(conn)
-        self.connected.set()
-        headers = 0
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                conn.data += chunk
-                text = bytes(conn.data)
-                n = text.count(b"<stream:stream ")
-                while headers < n:
-                    headers += 1
-                    writer.write(STREAM_HEADER % len(self.conns) + b"<stream:features/>")
-                if b"</stream:stream>" in text:
-                    conn.footer.set()
-        except ConnectionError:
-            pass
-        finally:
-            conn.gone.set()
-            writer.close()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for c in self.conns:
-                if c.writer is not None:
-                    c.writer.close()

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults._ops import FakeXmppServer
 from tests.support.boshclient import BoshClient
 from tests.support.boshcm import render_toml
+from tests.support.fake_xmpp import FEATURES_NONE, FakeXmppServer
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def fake_xmpp():
-    server = await FakeXmppServer().start()
+    """Answers every stream header with empty features, and nothing else."""
+    server = await FakeXmppServer(features=FEATURES_NONE).start()
     yield server
-    await server.close()
+    await server.stop()
 
 
 def fake_upstream(server: FakeXmppServer) -> dict:
@@ -126,7 +127,7 @@ async def test_sighup_reloads_limits_and_log_level_without_dropping_sessions(
     # the old session lives on: its held request is still held, it can still send
     assert not held.done()
     await first.send_message("bob@localhost", "after reload")
-    await until(lambda: b"after reload" in bytes(fake_xmpp.conns[0].data), what="message upstream")
+    await until(lambda: b"after reload" in fake_xmpp.conns[0].received, what="message upstream")
     assert first.terminated is None
     # The new level (WARNING) silences the INFO line for the session ending.
     await first.terminate()

@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.boshclient import BoshClient, is_message
 from tests.support.boshcm import REPO_ROOT, BoshCM
+from tests.support.fake_xmpp import FEATURES_PLAIN, FakeXmppServer
 from tests.support.prosody import USERS, ProsodyServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -230,51 +231,11 @@ async def test_an_unattended_prebound_session_ends_after_max_inactivity(
 
 # ---- upstream unreachable (502) or too slow (504); SIGHUP ---------------------------------
 
-class SlowXmppServer:
-    """A plaintext 'server' that offers PLAIN and then never answers (``refuse``: closes every
-    connection at once instead)."""
-
-    def __init__(self) -> None:
-        self.refuse = False
-        self.server: asyncio.base_events.Server | None = None
-        self.port = 0
-        self.auth_seen = asyncio.Event()
-
-    async def start(self) -> "SlowXmppServer":
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.refuse:
-            writer.close()
-            return
-        data = b""
-        try:
-            while chunk := await reader.read(4096):
-                data += chunk
-                if b"<stream:stream" in data and b"features" not in data:
-                    writer.write(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
-                                 b"xmlns:stream='http://etherx.jabber.org/streams' id='s1' "
-                                 b"from='localhost' version='1.0'><stream:features><mechanisms "
-                                 b"xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN"
-                                 b"</mechanism></mechanisms></stream:features>")
-                    data += b"features"
-                if b"<auth" in data:
-                    self.auth_seen.set()  # ... and never answer it
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
 @pytest.fixture
-async def slow_cm(tmp_path: Path) -> AsyncIterator[tuple[BoshCM, SlowXmppServer, Path]]:
-    fake = await SlowXmppServer().start()
+async def slow_cm(tmp_path: Path) -> AsyncIterator[tuple[BoshCM, FakeXmppServer, Path]]:
+    """bosh-cm with prebind in front of a fake server that offers PLAIN and then never
+    answers (``fake.refuse``: it closes every connection at once instead)."""
+    fake = await FakeXmppServer(features=FEATURES_PLAIN).start()
     keys = tmp_path / "keys"
     cm = with_prebind(BoshCM(tmp_path, None, upstream={
         "domains": ["localhost"], "host": "127.0.0.1", "port": fake.port, "tls": "none",
@@ -282,7 +243,7 @@ async def slow_cm(tmp_path: Path) -> AsyncIterator[tuple[BoshCM, SlowXmppServer,
     await asyncio.to_thread(cm.start)
     yield cm, fake, keys
     await asyncio.to_thread(cm.stop)
-    await fake.close()
+    await fake.stop()
 
 
 async def test_upstream_too_slow_is_504_and_unreachable_is_502(slow_cm: Any) -> None:

@@ -30,7 +30,6 @@ import base64
 import itertools
 import logging
 import os
-import secrets
 import socket
 import struct
 import time
@@ -41,10 +40,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from lxml import etree
 
-from bosh import sasl
-from tests.support.boshclient import (NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, SaslFailure,
-                                      bind_resource, is_message, is_presence, is_tag,
-                                      sasl_exchange)
+from scripts.lib.xmpplogin import (NS_BIND, NS_CLIENT, NS_SASL, NS_STREAM, LoginSteps,
+                                   SaslFailure, strict_parser)
+from tests.support.boshclient import is_message, is_presence, is_tag
+from tests.support.rawhttp import read_head
 
 __all__ = [
     "NS_FRAMING", "NS_SM", "NS_STREAMS_ERR", "NS_TLS", "NS_BIND", "NS_CLIENT", "NS_SASL", "NS_STREAM",
@@ -84,11 +83,6 @@ class WsClosed(Exception):
                          f"close_element={client.close_element is not None} "
                          f"close_code={client.close_code!r} closed={client.closed.is_set()}")
         self.client = client
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           recover=False, huge_tree=True, remove_comments=False, remove_pis=False)
 
 
 def stream_error_condition(el: etree._Element | None) -> str | None:
@@ -149,17 +143,7 @@ async def raw_handshake(url: str, protocols: str | None = "xmpp", origin: str | 
         try:
             writer.write(head.encode())
             await writer.drain()
-            status_line = await reader.readline()
-            if not status_line:
-                raise ConnectionError("connection closed before an HTTP answer")
-            status = int(status_line.split()[1])
-            headers: dict[str, str] = {}
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-                k, _, v = line.decode("latin-1").partition(":")
-                headers[k.strip().lower()] = v.strip()
+            status, headers = await read_head(reader)
             body = b""
             if status != 101 and "content-length" in headers:
                 body = await reader.readexactly(int(headers["content-length"]))
@@ -169,9 +153,15 @@ async def raw_handshake(url: str, protocols: str | None = "xmpp", origin: str | 
     return await asyncio.wait_for(go(), timeout)
 
 
-class WsClient:
+class WsClient(LoginSteps):
     """One XMPP stream over one WebSocket connection. Not reusable after it closed: make a
-    new client to reconnect (and :meth:`resume` with the old one's ``sm_id`` and ``h_in``)."""
+    new client to reconnect (and :meth:`resume` with the old one's ``sm_id`` and ``h_in``).
+    The login steps (``auth``, ``authenticate``, ``bind``, ``iq``, ``send_message``, ...) are
+    the BOSH client's, :class:`~scripts.lib.xmpplogin.LoginSteps`, over :meth:`send_element`
+    and :meth:`wait_for`."""
+
+    protocol_error = WsProtocolError
+    iq_prefix = "w"
 
     def __init__(self, url: str, *, origin: str | None = None, protocols: tuple[str, ...] = ("xmpp",),
                  headers: dict[str, str] | None = None, http: aiohttp.ClientSession | None = None,
@@ -285,7 +275,7 @@ class WsClient:
     async def _on_text(self, text: str) -> None:
         frame = WsFrame("text", text)
         try:
-            el = etree.fromstring(text.encode("utf-8"), _parser())
+            el = etree.fromstring(text.encode("utf-8"), strict_parser(huge_tree=True))
             if el.getroottree().docinfo.doctype:
                 raise WsProtocolError("DOCTYPE in a server message")
             frame.element = el
@@ -434,54 +424,9 @@ class WsClient:
         assert self.to is not None, "open() first"
         return await self.open(self.to, timeout=timeout)
 
-    def mechanisms(self) -> list[str]:
-        if self.features is None:
-            return []
-        return [m.text or "" for m in self.features.iter(f"{{{NS_SASL}}}mechanism")]
-
-    def has_feature(self, ns: str, name: str) -> bool:
-        return self.features is not None and self.features.find(f"{{{ns}}}{name}") is not None
-
-    async def _sasl_result(self, timeout: float) -> etree._Element:
-        want = {f"{{{NS_SASL}}}{n}" for n in ("success", "failure", "challenge")}
-        el = await self.wait_for(lambda e: e.tag in want, timeout)
-        if el.tag == f"{{{NS_SASL}}}failure":
-            raise SaslFailure(el)
-        return el
-
-    async def auth(self, user: str, password: str, mechanism: str = "PLAIN",
-                   timeout: float = 10) -> None:
-        """SASL with a :mod:`bosh.sasl` mechanism, the exchange of the BOSH client
-        (:func:`sasl_exchange`); SCRAM verifies the server signature."""
-        await sasl_exchange(sasl.client(mechanism, user, password), self.send_raw,
-                            lambda: self._sasl_result(timeout), WsProtocolError)
-
-    async def auth_plain(self, user: str, password: str, timeout: float = 10) -> None:
-        await self.auth(user, password, "PLAIN", timeout)
-
-    async def auth_scram_sha1(self, user: str, password: str, timeout: float = 10) -> None:
-        """SCRAM-SHA-1 (RFC 5802); verifies the server signature."""
-        await self.auth(user, password, "SCRAM-SHA-1", timeout)
-
-    async def authenticate(self, user: str, password: str, mechanism: str = "PLAIN",
-                           timeout: float = 10) -> etree._Element:
-        """SASL and the stream restart; returns the post-auth features."""
-        if mechanism not in sasl.MECHANISMS:
-            raise ValueError(mechanism)
-        await self.auth(user, password, mechanism, timeout)
-        return await self.restart(timeout)
-
-    async def iq(self, payload: str, type_: str = "get", to: str | None = None,
-                 timeout: float = 10) -> etree._Element:
-        iq_id = f"w{next(self._ids)}-{secrets.token_hex(3)}"
-        to_attr = f" to='{to}'" if to else ""
-        await self.send(f"<iq xmlns='{NS_CLIENT}' type='{type_}' id='{iq_id}'{to_attr}>{payload}</iq>")
-        return await self.wait_for(lambda e: e.tag == f"{{{NS_CLIENT}}}iq" and e.get("id") == iq_id, timeout)
-
-    async def bind(self, resource: str | None = None, timeout: float = 10) -> str:
-        """Resource binding (RFC 6120 §7), the BOSH client's steps (:func:`bind_resource`)."""
-        self.jid = await bind_resource(self.iq, self.features, resource, timeout, WsProtocolError)
-        return self.jid or ""
+    async def send_element(self, data: str) -> None:
+        """One element (:meth:`send`): what the login steps send."""
+        await self.send(data)
 
     async def login(self, user: str, password: str, mechanism: str = "PLAIN",
                     resource: str | None = None, to: str | None = None, timeout: float = 10) -> str:
@@ -490,16 +435,7 @@ class WsClient:
             if to is None:
                 raise ValueError("login() before open() needs to=")
             await self.open(to, timeout=timeout)
-        await self.authenticate(user, password, mechanism, timeout)
-        return await self.bind(resource, timeout)
-
-    async def send_presence(self, payload: str = "") -> None:
-        await self.send(f"<presence xmlns='{NS_CLIENT}'>{payload}</presence>"
-                        if payload else f"<presence xmlns='{NS_CLIENT}'/>")
-
-    async def send_message(self, to: str, body: str, type_: str = "chat") -> None:
-        text = body.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        await self.send(f"<message xmlns='{NS_CLIENT}' to='{to}' type='{type_}'><body>{text}</body></message>")
+        return await super().login(user, password, mechanism, resource, timeout=timeout)
 
     # ------------------------------------------------------------------ XEP-0198
     async def enable(self, resume: bool = True, timeout: float = 10) -> etree._Element:
