@@ -21,7 +21,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import aiohttp
 
@@ -121,31 +121,16 @@ class Session:
     async def hold(self) -> None:
         """Keep one request held; record every benchmark message that comes back."""
         load = self.load
-        counters = load.counters
-        seen = load.seen
         try:
             while True:
                 raw = await self.post()
                 if b">m" in raw:
-                    now = time.perf_counter_ns()
-                    found = False
-                    for m in _MSG.finditer(raw):
-                        seq = int(m.group(1))
-                        if seq in seen:
-                            counters.duplicates += 1
-                            continue
-                        seen[seq] = now - int(m.group(2))
-                        found = True
-                    if found:
-                        load.last_recv_ns = now
-                        counters.msg_responses += 1
-                        counters.received = len(seen)
-                        load.progress.set()
+                    load.record(_MSG.finditer(raw))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a dead session loses its messages: reported as lost
             self.alive = False
-            counters.errors.append(f"{self.jid}: {exc!r}"[:300])
+            load.counters.errors.append(f"{self.jid}: {exc!r}"[:300])
 
 
 NS_FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
@@ -230,7 +215,6 @@ class WsSession:
         assert ws is not None
         load = self.load
         counters = load.counters
-        seen = load.seen
         text = aiohttp.WSMsgType.TEXT
         try:
             while True:
@@ -241,20 +225,7 @@ class WsSession:
                 counters.responses += 1
                 data: str = msg.data
                 if ">m" in data:
-                    now = time.perf_counter_ns()
-                    found = False
-                    for m in _MSG_TEXT.finditer(data):
-                        seq = int(m.group(1))
-                        if seq in seen:
-                            counters.duplicates += 1
-                            continue
-                        seen[seq] = now - int(m.group(2))
-                        found = True
-                    if found:
-                        load.last_recv_ns = now
-                        counters.msg_responses += 1
-                        counters.received = len(seen)
-                        load.progress.set()
+                    load.record(_MSG_TEXT.finditer(data))
                 elif "<close" in data or "<stream:error" in data:
                     raise LoginError(f"server ended the stream: {data[:300]!r}")
         except asyncio.CancelledError:
@@ -334,6 +305,26 @@ class _Load:
         if failures:
             raise LoginError(f"{len(failures)} login(s) failed, first: {failures[0]}")
         return durations
+
+    def record(self, matches: Iterable[re.Match[Any]]) -> None:
+        """Record the benchmark messages (``_MSG``/``_MSG_TEXT`` matches) of one response or
+        WebSocket message just read: latency ``now - t`` per new ``seq``, repeats counted."""
+        now = time.perf_counter_ns()
+        counters = self.counters
+        seen = self.seen
+        found = False
+        for m in matches:
+            seq = int(m.group(1))
+            if seq in seen:
+                counters.duplicates += 1
+                continue
+            seen[seq] = now - int(m.group(2))
+            found = True
+        if found:
+            self.last_recv_ns = now
+            counters.msg_responses += 1
+            counters.received = len(seen)
+            self.progress.set()
 
     def alive(self) -> int:
         return sum(1 for s in self.sessions if s.alive and s.task is not None and not s.task.done())

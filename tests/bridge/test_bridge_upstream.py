@@ -325,10 +325,15 @@ async def test_whitespace_keepalive(server: FakeServer, listener: RecordingListe
 
 # -- STARTTLS -------------------------------------------------------------------------------
 
-async def negotiate_tls(conn: ServerConn, cert: Cert) -> None:
-    """Server side up to the post-TLS header: header, features(starttls), proceed, TLS."""
+async def starttls_requested(conn: ServerConn) -> None:
+    """Server side: header and features offering STARTTLS; the client asks for it."""
     await conn.open_stream("pre-tls", FEATURES_TLS)
     await conn.expect(rb"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+
+
+async def negotiate_tls(conn: ServerConn, cert: Cert) -> None:
+    """Server side up to the post-TLS header: header, features(starttls), proceed, TLS."""
+    await starttls_requested(conn)
     await conn.starttls(cert.server_context())
 
 
@@ -364,8 +369,7 @@ async def test_untrusted_certificate_fails(server: FakeServer, listener: Recordi
     """Verification is on by default: a self-signed cert without ca_file is refused."""
     XmppUpstreamFactory(tls_config(server, None)).open(PARAMS, listener)
     conn = await server.accept()
-    await conn.open_stream("pre-tls", FEATURES_TLS)
-    await conn.expect(rb"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    await starttls_requested(conn)
     conn.send("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
     with pytest.raises((OSError, asyncio.TimeoutError)):
         await asyncio.wait_for(conn.writer.start_tls(cert.server_context()), WAIT)

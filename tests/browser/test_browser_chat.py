@@ -8,64 +8,34 @@ The other party, bob, is a plain slixmpp client connected straight to Prosody ov
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib.util
-import os
-import shutil
-import sys
+import re
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
+from tests.browser._helpers import (DEMO_WIRE_JS, REPO, available_peer, chromium_page,
+                                    demo_server_module, expect_demo_online, require_browser)
 from tests.support.prosody import USERS
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# design.md §7; Playwright adds --headless itself and gives the browser a fresh profile dir.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 20_000
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason + " (CI=true: browser tests must run)")
-    pytest.skip(reason)
-
-
-def _load_demo_server() -> Any:
-    path = REPO / "scripts" / "demo" / "demo_server.py"
-    spec = importlib.util.spec_from_file_location("bosh_demo_server", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def browser_requirements() -> None:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        _missing(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    if not (REPO / "node_modules" / "strophe.js" / "dist" / "strophe.umd.min.js").is_file():
-        _missing("node_modules/strophe.js missing (run `npm install` in the repo root)")
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        _missing("playwright (Python package) is not installed: pip install -e '.[test]'")
+    require_browser({REPO / "node_modules" / "strophe.js" / "dist" / "strophe.umd.min.js":
+                     "node_modules/strophe.js missing (run `npm install` in the repo root)"})
 
 
 @pytest.fixture
 def demo_page(browser_requirements: None, endpoint: Any) -> Iterator[Any]:
     """The demo page on its own loopback origin, preconfigured for the BOSH endpoint under test
     (bosh-cm; BOSH_ENDPOINTS=prosody runs the same test against Prosody's mod_bosh)."""
-    demo_server = _load_demo_server()
-    server = demo_server.start("127.0.0.1", 0, bosh_url=endpoint.url)
+    server = demo_server_module().start("127.0.0.1", 0, bosh_url=endpoint.url)
     yield server
     server.shutdown()
     server.server_close()
@@ -73,46 +43,19 @@ def demo_page(browser_requirements: None, endpoint: Any) -> Iterator[Any]:
 
 @pytest.fixture
 async def bob(prosody: Any, xmpp_peer: Any) -> Any:
-    """bob over plain XMPP/TCP (STARTTLS, Prosody's cert as trust anchor), available."""
-    peer = await xmpp_peer(prosody, "bob", resource="slixmpp")
-    peer.register_plugin("xep_0199")  # XMPP ping: a round trip through Prosody
-    # RFC 6121 §4.2.2: the server reflects initial presence back: then bob is available.
-    while True:
-        pres = await asyncio.wait_for(peer.presences.get(), TIMEOUT_MS / 1000)
-        if pres["from"] == peer.boundjid and pres["type"] == "available":
-            return peer
+    """bob over plain XMPP/TCP (STARTTLS, Prosody's cert as trust anchor), available, with
+    XMPP ping (a round trip through Prosody)."""
+    return await available_peer(xmpp_peer, prosody, "bob", resource="slixmpp", timeout=TIMEOUT_MS / 1000)
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
+async def demo_chromium_page(tmp_path: Path) -> AsyncIterator[Any]:
     """A fresh headless Chromium page; on any failure: screenshot, console and wire log."""
-    from playwright.async_api import async_playwright, expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    console: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    async with chromium_page(tmp_path, "browser-chat", timeout_ms=TIMEOUT_MS,
+                             wire_js=DEMO_WIRE_JS) as (page, console):
         page.on("requestfailed", lambda r: console.append(
             f"requestfailed: {r.method} {r.url} {r.failure} {(r.post_data or '')[:120]}"))
-        try:
-            yield page
-            assert not [c for c in console if c.startswith("pageerror")], console
-        except BaseException:
-            shot = tmp_path / "browser-chat-failure.png"
-            try:
-                await page.screenshot(path=str(shot), full_page=True)
-                wire = await page.locator("#wire").text_content(timeout=2000)
-            except Exception as exc:  # the page itself may be gone
-                wire = f"(no wire log: {exc})"
-            print(f"screenshot: {shot}\nbrowser console:\n" + "\n".join(console)
-                  + f"\nwire log (tail):\n{(wire or '')[-4000:]}")
-            raise
-        finally:
-            await browser.close()
+        yield page
 
 
 async def login(page: Any, user: str) -> None:
@@ -128,11 +71,8 @@ async def login(page: Any, user: str) -> None:
 async def expect_online(page: Any, user: str) -> None:
     from playwright.async_api import expect
 
-    status = page.locator("#status")
-    # Stop waiting at the first terminal state, then demand the good one (fails fast).
-    await expect(status).to_have_attribute("data-state", _re(r"^(online|error)$"))
-    await expect(status).to_have_attribute("data-state", "online", timeout=1)
-    await expect(page.locator("#me")).to_have_attribute("data-jid", _re(rf"^{user}@localhost/"))
+    await expect_demo_online(page)
+    await expect(page.locator("#me")).to_have_attribute("data-jid", re.compile(rf"^{user}@localhost/"))
 
 
 async def test_browser_chat_through_boshcm(demo_page: Any, bob: Any, tmp_path: Path) -> None:
@@ -140,7 +80,7 @@ async def test_browser_chat_through_boshcm(demo_page: Any, bob: Any, tmp_path: P
     another origin), receives a chat message from a TCP client and sends one back, logs out."""
     from playwright.async_api import expect
 
-    async with chromium_page(tmp_path) as page:
+    async with demo_chromium_page(tmp_path) as page:
         await page.goto(demo_page.url)
         await expect(page.locator("#bosh-url")).to_have_value(demo_page.page_config["boshUrl"])
         await login(page, "alice")
@@ -176,7 +116,7 @@ async def test_message_sent_while_the_page_reloads_is_not_lost(
     BOSH session with the next rid (XEP-0124 §9, §14.3): what came in meanwhile must arrive."""
     from playwright.async_api import expect
 
-    async with chromium_page(tmp_path) as page:
+    async with demo_chromium_page(tmp_path) as page:
         await page.goto(demo_page.url)
         await login(page, "alice")
         first_jid = await page.locator("#me").get_attribute("data-jid")
@@ -204,9 +144,3 @@ async def test_message_sent_while_the_page_reloads_is_not_lost(
         await page.click("#send")
         msg = await bob.next_message(timeout=TIMEOUT_MS / 1000, body="still here")
         assert msg["from"] == first_jid
-
-
-def _re(pattern: str) -> Any:
-    import re
-
-    return re.compile(pattern)

@@ -10,11 +10,9 @@ The browser never sees the password or the key.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import mimetypes
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -23,39 +21,23 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.browser._helpers import REPO, available_peer, chromium_page, require_browser
 from tests.support.boshcm import BoshCM
 from tests.support.prosody import USERS, ProsodyServer
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[2]
 CONVERSE_DIST = REPO / "node_modules" / "converse.js" / "dist"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# design.md §7; Playwright adds --headless itself and gives the browser a fresh profile dir.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 20_000
 TIMEOUT = TIMEOUT_MS / 1000
 KEY = "browser-portal-key-" + "0123456789abcdef"
 USER = "carol"
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":  # design.md §7: fail, not skip, in CI
-        pytest.fail(reason + " (CI=true: browser tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def browser_requirements() -> None:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        _missing(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    if not (CONVERSE_DIST / "converse.min.js").is_file():
-        _missing("node_modules/converse.js missing (run `npm ci` in the repo root)")
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        _missing("playwright (Python package) is not installed: pip install -e '.[test]'")
+    require_browser({CONVERSE_DIST / "converse.min.js":
+                     "node_modules/converse.js missing (run `npm ci` in the repo root)"})
 
 
 @pytest.fixture
@@ -132,52 +114,20 @@ async def portal(cm: BoshCM) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(tmp_path: Path) -> AsyncIterator[tuple[Any, list[str]]]:
-    """A fresh headless Chromium page (loopback only); on failure: screenshot and console."""
-    from playwright.async_api import async_playwright, expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    console: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-
-        async def block(route: Any) -> None:  # Converse links logos from its web site
-            console.append(f"blocked: {route.request.url}")
-            await route.abort("blockedbyclient")
-
-        await page.route(lambda url: not url.startswith("http://127.0.0.1:"), block)
-        page.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+async def converse_page(tmp_path: Path) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A fresh headless Chromium page (loopback only) and its console log with every request;
+    on failure: screenshot and console."""
+    async with chromium_page(tmp_path, "browser-prebind", timeout_ms=TIMEOUT_MS,
+                             loopback_only=True) as (page, console):
         page.on("request", lambda r: console.append(f"request: {r.method} {r.url} "
                                                     f"{(r.post_data or '')[:200]}"))
-        try:
-            yield page, console
-            assert not [c for c in console if c.startswith("pageerror")], console
-        except BaseException:
-            shot = tmp_path / "browser-prebind-failure.png"
-            with contextlib.suppress(Exception):
-                await page.screenshot(path=str(shot), full_page=True)
-            print(f"screenshot: {shot}\nbrowser console:\n" + "\n".join(console[-200:]))
-            raise
-        finally:
-            await browser.close()
-
-
-async def tcp_peer(xmpp_peer: Any, prosody: ProsodyServer, user: str) -> Any:
-    """``user`` over plain XMPP/TCP, available (RFC 6121 §4.2.2: the reflected presence)."""
-    peer = await xmpp_peer(prosody, user, resource="tcp-" + uuid.uuid4().hex[:6])
-    while True:
-        pres = await asyncio.wait_for(peer.presences.get(), TIMEOUT)
-        if pres["from"] == peer.boundjid and pres["type"] == "available":
-            return peer
+        yield page, console
 
 
 async def test_converse_prebind_attaches_to_the_portals_session_and_chats_with_a_tcp_user(
         prebind_cm: BoshCM, prosody: ProsodyServer, xmpp_peer: Any, tmp_path: Path) -> None:
-    bob = await tcp_peer(xmpp_peer, prosody, "bob")
-    async with portal(prebind_cm) as (base, given), chromium_page(tmp_path) as (page, console):
+    bob = await available_peer(xmpp_peer, prosody, "bob", timeout=TIMEOUT)
+    async with portal(prebind_cm) as (base, given), converse_page(tmp_path) as (page, console):
         await page.goto(base + "/portal.html")
         await page.wait_for_function("() => window.converse")
         await page.evaluate("cfg => converse.initialize(cfg)", {

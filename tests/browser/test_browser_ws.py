@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import http.server
 import mimetypes
-import os
-import shutil
 import signal
 import socket
 import struct
@@ -30,39 +28,23 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
+from tests.browser._helpers import (DEMO_WIRE_JS, REPO, available_peer, chromium_page,
+                                    demo_server_module, expect_demo_online, require_browser)
 from tests.support.prosody import USERS, ProsodyServer
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[2]
 NODE_MODULES = REPO / "node_modules"
 STROPHE_BUNDLE = NODE_MODULES / "strophe.js" / "dist" / "strophe.umd.min.js"
 CONVERSE_DIST = NODE_MODULES / "converse.js" / "dist"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# design.md §7; Playwright adds --headless itself and gives the browser a fresh profile dir.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 15_000
 TIMEOUT = TIMEOUT_MS / 1000
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":  # design.md §7: fail, not skip, in CI
-        pytest.fail(reason + " (CI=true: browser tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def browser_requirements() -> None:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        _missing(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    for bundle in (STROPHE_BUNDLE, CONVERSE_DIST / "converse.min.js"):
-        if not bundle.is_file():
-            _missing(f"{bundle.relative_to(REPO)} missing (run `npm ci` in the repo root)")
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        _missing("playwright (Python package) is not installed: pip install -e '.[test]'")
+    require_browser({bundle: f"{bundle.relative_to(REPO)} missing (run `npm ci` in the repo root)"
+                     for bundle in (STROPHE_BUNDLE, CONVERSE_DIST / "converse.min.js")})
 
 
 # ---- the test pages, on their own origin ----------------------------------------------------
@@ -212,24 +194,12 @@ def pages(browser_requirements: None) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def chromium_page(tmp_path: Path, wire_js: str | None = None) -> AsyncIterator[Any]:
-    """A fresh headless Chromium page; on any failure: screenshot, console, WebSocket closes
+async def ws_page(tmp_path: Path, wire_js: str | None = None) -> AsyncIterator[Any]:
+    """A fresh headless Chromium page (loopback only: Converse's fullscreen footer links
+    sponsor logos from its web site); on any failure: screenshot, console, WebSocket closes
     and (``wire_js``) the page's own wire log."""
-    from playwright.async_api import async_playwright, expect
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    console: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        # Loopback only: Converse's fullscreen footer links sponsor logos from its web site.
-        async def block(route: Any) -> None:
-            console.append(f"blocked: {route.request.url}")
-            await route.abort("blockedbyclient")
-
-        await page.route(lambda url: not url.startswith("http://127.0.0.1:"), block)
-
+    async with chromium_page(tmp_path, "browser-ws", timeout_ms=TIMEOUT_MS, loopback_only=True,
+                             wire_js=wire_js) as (page, console):
         def on_response(r: Any) -> None:
             if r.status >= 400:
                 console.append(f"HTTP {r.status}: {r.url}")
@@ -239,38 +209,10 @@ async def chromium_page(tmp_path: Path, wire_js: str | None = None) -> AsyncIter
             ws.on("close", lambda w: console.append(f"websocket closed: {w.url}"))
             ws.on("socketerror", lambda err: console.append(f"websocket error: {err}"))
 
-        page.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
-        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
         page.on("requestfailed", lambda r: console.append(f"requestfailed: {r.url} {r.failure}"))
         page.on("response", on_response)
         page.on("websocket", on_websocket)
-        try:
-            yield page
-            assert not [c for c in console if c.startswith("pageerror")], console
-        except BaseException:
-            shot = tmp_path / "browser-ws-failure.png"
-            wire = ""
-            try:
-                await page.screenshot(path=str(shot), full_page=True)
-                if wire_js:
-                    wire = await page.evaluate(wire_js)
-            except Exception as exc:  # the page itself may be gone
-                wire = f"(no wire log: {exc})"
-            print(f"screenshot: {shot}\nbrowser console:\n" + "\n".join(console[-200:])
-                  + f"\nwire log (tail):\n{(wire or '')[-6000:]}")
-            raise
-        finally:
-            await browser.close()
-
-
-async def tcp_peer(xmpp_peer: Any, prosody: ProsodyServer, user: str) -> Any:
-    """``user`` over plain XMPP/TCP (STARTTLS), available, with XMPP ping for round trips."""
-    peer = await xmpp_peer(prosody, user, resource="tcp-" + uuid.uuid4().hex[:6])
-    peer.register_plugin("xep_0199")
-    while True:  # RFC 6121 §4.2.2: the reflected initial presence says we are available
-        pres = await asyncio.wait_for(peer.presences.get(), TIMEOUT)
-        if pres["from"] == peer.boundjid and pres["type"] == "available":
-            return peer
+        yield page
 
 
 # ---- a network path that can lose packets and break ------------------------------------------
@@ -388,8 +330,8 @@ async def test_converse_logs_in_over_websocket_and_chats_both_ways(
     endpoint) receives a chat from a TCP client, shows it, and its reply reaches the client."""
     from playwright.async_api import expect
 
-    bob = await tcp_peer(xmpp_peer, prosody, "bob")
-    async with chromium_page(tmp_path) as page:
+    bob = await available_peer(xmpp_peer, prosody, "bob", timeout=TIMEOUT)
+    async with ws_page(tmp_path) as page:
         await page.goto(pages + "/converse.html")
         await page.wait_for_function("() => window.converse")
         await page.evaluate("cfg => converse.initialize(cfg)", {
@@ -435,26 +377,10 @@ async def test_converse_logs_in_over_websocket_and_chats_both_ways(
 
 # ---- the demo page (scripts/demo) over WebSocket ------------------------------------------
 
-def _demo_server_module() -> Any:
-    """scripts/demo/demo_server.py (scripts do not import tests, nor tests scripts as packages)."""
-    import importlib.util
-    import sys
-
-    if "bosh_demo_server" in sys.modules:  # test_browser_chat.py loads it under this name too
-        return sys.modules["bosh_demo_server"]
-    path = REPO / "scripts" / "demo" / "demo_server.py"
-    spec = importlib.util.spec_from_file_location("bosh_demo_server", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def demo_page_ws(browser_requirements: None, ws_endpoint: Any) -> Iterator[Any]:
     """The demo page on its own origin, with the WebSocket endpoint under test preconfigured."""
-    server = _demo_server_module().start("127.0.0.1", 0, bosh_url="http://127.0.0.1:9/unused",
+    server = demo_server_module().start("127.0.0.1", 0, bosh_url="http://127.0.0.1:9/unused",
                                          ws_url=ws_endpoint.url)
     yield server
     server.shutdown()
@@ -468,8 +394,8 @@ async def test_demo_page_chats_over_websocket_chosen_in_the_url(
     says so in its status line, and chats both ways with a TCP client."""
     from playwright.async_api import expect
 
-    bob = await tcp_peer(xmpp_peer, prosody, "bob")
-    async with chromium_page(tmp_path, "() => document.querySelector('#wire').textContent") as page:
+    bob = await available_peer(xmpp_peer, prosody, "bob", timeout=TIMEOUT)
+    async with ws_page(tmp_path, DEMO_WIRE_JS) as page:
         await page.goto(demo_page_ws.url + "?transport=websocket")
         await expect(page.locator("#transport-websocket")).to_be_checked()
         await expect(page.locator("#ws-url")).to_have_value(ws_endpoint.url)
@@ -478,9 +404,7 @@ async def test_demo_page_chats_over_websocket_chosen_in_the_url(
         await page.fill("#jid", "carol@localhost")
         await page.fill("#password", USERS["carol"])
         await page.click("#connect")
-        status = page.locator("#status")
-        await expect(status).to_have_attribute("data-state", _re(r"^(online|error)$"))
-        await expect(status).to_have_attribute("data-state", "online", timeout=1)
+        status = await expect_demo_online(page)
         await expect(status).to_have_attribute("data-transport", "websocket")
         await expect(status).to_have_text("Online as carol@localhost over WebSocket")
         carol_jid = await page.locator("#me").get_attribute("data-jid")
@@ -506,12 +430,6 @@ async def test_demo_page_chats_over_websocket_chosen_in_the_url(
         await expect(page.locator("#bosh-url")).to_be_visible()
         await expect(page.locator("#ws-url")).to_be_hidden()
         await expect(status).to_have_attribute("data-transport", "bosh")
-
-
-def _re(pattern: str) -> Any:
-    import re
-
-    return re.compile(pattern)
 
 
 # ---- Strophe.js 5 with XEP-0198 stream management ------------------------------------------
@@ -543,6 +461,39 @@ async def routed(peer: Any, prosody: ProsodyServer) -> None:
     await peer.plugin["xep_0199"].ping(prosody.domain, timeout=TIMEOUT)
 
 
+async def deliver_then_lose(page: Any, net: FlakyNetwork, peer: Any, prosody: ProsodyServer, to: str,
+                            tag: str) -> tuple[list[str], list[str]]:
+    """#01-#05 arrive; then the network loses what the server sends: #06-#10 (routed) never
+    reach the page. Returns (all sent, the lost ones)."""
+    sent = await send_numbered(peer, to, range(1, 6), tag)
+    await page.wait_for_function("n => sm.state.received.length >= n", arg=len(sent))
+    assert net.lose() == 1
+    lost = await send_numbered(peer, to, range(6, 11), tag)
+    await routed(peer, prosody)
+    return sent + lost, lost
+
+
+async def expect_offline_without(page: Any, lost: list[str]) -> None:
+    """The page lost its connection, and none of ``lost`` reached it."""
+    await page.wait_for_function("() => !sm.state.online")
+    before = await page.evaluate("() => sm.state.received")
+    assert not set(lost) & set(before), "the network was meant to lose these"
+
+
+async def expect_resumed_then_all_once(page: Any, peer: Any, to: str, sent: list[str], tag: str) -> None:
+    """The page is back online by a XEP-0198 resume of the same session (the same resource);
+    #16-#20 and every one of ``sent`` arrive exactly once, in order; then a clean close
+    leaves nothing hibernating."""
+    await page.wait_for_function("() => sm.state.online")
+    state = await page.evaluate("() => sm.state")
+    assert (state["resumed"], state["fresh"]) == (1, 1), state["statuses"]
+    assert state["jid"] == to  # the same resource: the same session
+    sent = sent + await send_numbered(peer, to, range(16, 21), tag)
+    await expect_received_exactly_once(page, peer, to, sent, tag)
+    await page.evaluate("() => sm.stop()")
+    await page.wait_for_function("() => !sm.state.online")
+
+
 async def expect_received_exactly_once(page: Any, peer: Any, to: str, sent: list[str], tag: str) -> None:
     """Every one of ``sent`` arrived once, in order: a last marker stanza proves nothing else
     is still on its way (XEP-0198 re-sends come before anything newer)."""
@@ -567,43 +518,25 @@ async def test_strophe_resumes_after_dropped_connection_and_every_message_arrive
     ``close-frame``: the page closes its WebSocket). The session stays resumable upstream,
     Strophe sends ``<resume/>`` on its next connection and gets exactly what it had not
     counted: the lost stanzas and those queued meanwhile, once each, in order."""
-    bob = await tcp_peer(xmpp_peer, prosody, "bob")
+    bob = await available_peer(xmpp_peer, prosody, "bob", timeout=TIMEOUT)
     net = await flaky_network(ws_endpoint.url)
-    async with chromium_page(tmp_path, SM_WIRE) as page:
+    async with ws_page(tmp_path, SM_WIRE) as page:
         alice = await start_sm_page(page, pages, net.url_for(ws_endpoint.url), "alice")
         tag = f"{drop} {uuid.uuid4().hex[:6]}"
-
-        sent = await send_numbered(bob, alice, range(1, 6), tag)
-        await page.wait_for_function("n => sm.state.received.length >= n", arg=len(sent))
-
-        # The server sends these; the network loses them.
-        assert net.lose() == 1
-        lost = await send_numbered(bob, alice, range(6, 11), tag)
-        sent += lost
-        await routed(bob, prosody)
+        sent, lost = await deliver_then_lose(page, net, bob, prosody, alice, tag)
         await page.evaluate("() => sm.hold()")
         if drop == "tcp-reset":
             assert net.cut() == 1
         else:
             await page.evaluate("() => sm.closeSocket()")
-        await page.wait_for_function("() => !sm.state.online")
-        before = await page.evaluate("() => sm.state.received")
-        assert not set(lost) & set(before), "the network was meant to lose these"
+        await expect_offline_without(page, lost)
 
         # While the client is away: the server keeps the session and queues these.
         sent += await send_numbered(bob, alice, range(11, 16), tag)
         await routed(bob, prosody)
 
         await page.evaluate("() => sm.release()")
-        await page.wait_for_function("() => sm.state.online")
-        state = await page.evaluate("() => sm.state")
-        assert (state["resumed"], state["fresh"]) == (1, 1), state["statuses"]
-        assert state["jid"] == alice  # the same resource: the same session
-
-        sent += await send_numbered(bob, alice, range(16, 21), tag)
-        await expect_received_exactly_once(page, bob, alice, sent, tag)
-        await page.evaluate("() => sm.stop()")  # clean close: nothing left hibernating
-        await page.wait_for_function("() => !sm.state.online")
+        await expect_resumed_then_all_once(page, bob, alice, sent, tag)
 
 
 async def test_strophe_resumes_after_boshcm_is_killed_and_restarted_on_the_same_port(
@@ -614,24 +547,15 @@ async def test_strophe_resumes_after_boshcm_is_killed_and_restarted_on_the_same_
     retries, reaches the bosh-cm started again on the same port and resumes; every message
     arrives once, in order."""
     cm = boshcm_factory(prosody)
-    bob = await tcp_peer(xmpp_peer, prosody, "bob")
+    bob = await available_peer(xmpp_peer, prosody, "bob", timeout=TIMEOUT)
     net = await flaky_network(cm.ws_url)  # only to make sure stanzas are in flight
-    async with chromium_page(tmp_path, SM_WIRE) as page:
+    async with ws_page(tmp_path, SM_WIRE) as page:
         alice = await start_sm_page(page, pages, net.url_for(cm.ws_url), "alice")
         tag = f"sigkill {uuid.uuid4().hex[:6]}"
-
-        sent = await send_numbered(bob, alice, range(1, 6), tag)
-        await page.wait_for_function("n => sm.state.received.length >= n", arg=len(sent))
-
-        assert net.lose() == 1
-        lost = await send_numbered(bob, alice, range(6, 11), tag)
-        sent += lost
-        await routed(bob, prosody)
+        sent, lost = await deliver_then_lose(page, net, bob, prosody, alice, tag)
         port = cm.port
         assert cm.kill() == -signal.SIGKILL
-        await page.wait_for_function("() => !sm.state.online")
-        before = await page.evaluate("() => sm.state.received")
-        assert not set(lost) & set(before), "the network was meant to lose these"
+        await expect_offline_without(page, lost)
 
         # The page retries on its own meanwhile; these wait in the session upstream.
         sent += await send_numbered(bob, alice, range(11, 16), tag)
@@ -640,12 +564,4 @@ async def test_strophe_resumes_after_boshcm_is_killed_and_restarted_on_the_same_
 
         await asyncio.to_thread(cm.start)
         assert cm.port == port
-        await page.wait_for_function("() => sm.state.online")
-        state = await page.evaluate("() => sm.state")
-        assert (state["resumed"], state["fresh"]) == (1, 1), state["statuses"]
-        assert state["jid"] == alice
-
-        sent += await send_numbered(bob, alice, range(16, 21), tag)
-        await expect_received_exactly_once(page, bob, alice, sent, tag)
-        await page.evaluate("() => sm.stop()")
-        await page.wait_for_function("() => !sm.state.online")
+        await expect_resumed_then_all_once(page, bob, alice, sent, tag)

@@ -6,19 +6,14 @@ binding". Runs against bosh-cm and (BOSH_ENDPOINTS=prosody) Prosody's own mod_bo
 
 from __future__ import annotations
 
-import secrets
-
 import pytest
 
+from tests.integration._xmpp_steps import bind_and_see_own_presence, resource
 from tests.support.prosody import USERS
-from tests.support.boshclient import (NS_BIND, NS_CLIENT, BoshClient, SaslFailure, is_presence)
+from tests.support.boshclient import NS_BIND, NS_CLIENT, BoshClient, SaslFailure
 
 # every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
 pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
-
-
-def _resource(tag: str) -> str:
-    return f"{tag}-{secrets.token_hex(4)}"
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-1"])
@@ -34,12 +29,7 @@ async def test_sasl_login_restart_bind_presence(endpoint, bosh_client, mechanism
         await c.auth_scram_sha1("alice", USERS["alice"])
     features = await c.restart()
     assert features.find(f"{{{NS_BIND}}}bind") is not None, "no bind feature after the restart"
-    resource = _resource("login")
-    jid = await c.bind(resource)
-    assert jid == f"alice@{endpoint.domain}/{resource}"
-    await c.send_presence()
-    pres = await c.wait_for(is_presence(from_=jid), timeout=10)
-    assert pres.get("from") == jid
+    await bind_and_see_own_presence(c, "alice", endpoint.domain, "login")
 
 
 async def test_wrong_password_is_a_sasl_failure_not_a_session_end(endpoint, bosh_client):
@@ -58,7 +48,7 @@ async def test_roster_and_ping_round_trip_after_login(endpoint, bosh_client):
     held response (roster get, XEP-0199 ping to the server)."""
     c: BoshClient = await bosh_client(endpoint.url)
     await c.create(endpoint.domain, wait=5)
-    await c.login("bob", USERS["bob"], resource=_resource("iq"))
+    await c.login("bob", USERS["bob"], resource=resource("iq"))
     roster = await c.iq("<query xmlns='jabber:iq:roster'/>", "get")
     assert roster.get("type") == "result"
     pong = await c.iq("<ping xmlns='urn:xmpp:ping'/>", "get", to=endpoint.domain)

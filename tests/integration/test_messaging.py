@@ -9,6 +9,7 @@ import secrets
 
 import pytest
 
+from tests.integration._xmpp_steps import message_each_way
 from tests.support.prosody import USERS
 from tests.support.boshclient import BoshClient, is_message
 
@@ -25,17 +26,8 @@ async def test_message_each_way_between_bosh_and_tcp_clients(endpoint, bosh_clie
                           resource=f"web-{secrets.token_hex(3)}")
     await c.send_presence()
     bob = await xmpp_peer(endpoint.server, "bob", resource=f"tcp-{secrets.token_hex(3)}")
-
-    to_alice = f"hello alice <3 & more {secrets.token_hex(4)}"
-    bob.send_chat(alice, to_alice)
-    msg = await c.wait_for(is_message(body=to_alice), timeout=10)
-    assert msg.get("from") == str(bob.boundjid)
-    assert msg.get("to") == alice
-
-    to_bob = f"hi bob ]]> {secrets.token_hex(4)}"
-    await c.send_message(str(bob.boundjid), to_bob)
-    got = await bob.next_message(timeout=10, body=to_bob)
-    assert str(got["from"]) == alice
+    await message_each_way(c, alice, bob, f"hello alice <3 & more {secrets.token_hex(4)}",
+                           f"hi bob ]]> {secrets.token_hex(4)}")
 
 
 async def test_burst_of_messages_arrives_complete_and_in_order(endpoint, bosh_client, xmpp_peer):

@@ -12,18 +12,15 @@ import secrets
 
 import pytest
 
+from tests.integration._xmpp_steps import bind_and_see_own_presence, message_each_way, resource
 from tests.support.prosody import USERS
 from tests.support.wsclient import (CLOSE, CLOSE_TEXT, FEATURES, NS_BIND, NS_CLIENT, NS_FRAMING,
-                                    NS_SASL, NS_SM, NS_TLS, OPEN, WsClient, is_message, is_presence)
+                                    NS_SASL, NS_SM, NS_TLS, OPEN, WsClient)
 
 # every_upstream: once against Prosody, once against ejabberd (UPSTREAMS, tests/conftest.py)
 pytestmark = [pytest.mark.integration, pytest.mark.every_upstream]
 
 ALLOWED_ROOT_NS = (NS_FRAMING, NS_CLIENT, "http://etherx.jabber.org/streams", NS_SASL, NS_SM)
-
-
-def _resource(tag: str) -> str:
-    return f"{tag}-{secrets.token_hex(4)}"
 
 
 def assert_clean_framing(c: WsClient) -> None:
@@ -69,12 +66,7 @@ async def test_sasl_restart_bind_presence(ws_endpoint, ws_client, mechanism):
     assert features.find(f"{{{NS_BIND}}}bind") is not None, "no bind feature after the restart"
     assert not c.mechanisms(), "SASL offered again after the restart"
     assert features.find(f"{{{NS_TLS}}}starttls") is None
-    resource = _resource("ws-login")
-    jid = await c.bind(resource)
-    assert jid == f"alice@{ws_endpoint.domain}/{resource}"
-    await c.send_presence()
-    pres = await c.wait_for(is_presence(from_=jid), timeout=10)
-    assert pres.get("from") == jid
+    await bind_and_see_own_presence(c, "alice", ws_endpoint.domain, "ws-login")
     assert_clean_framing(c)
 
 
@@ -97,21 +89,13 @@ async def test_message_each_way_with_a_tcp_user(ws_endpoint, ws_client, xmpp_pee
     whitespace-only message at any point (§3.8)."""
     c: WsClient = await ws_client(ws_endpoint.url)
     await c.open(ws_endpoint.domain)
-    alice = await c.login("alice", USERS["alice"], "SCRAM-SHA-1", resource=_resource("ws-msg"))
+    alice = await c.login("alice", USERS["alice"], "SCRAM-SHA-1", resource=resource("ws-msg"))
     await c.send_presence()
-    bob = await xmpp_peer(ws_endpoint.server, "bob", resource=_resource("tcp"))
+    bob = await xmpp_peer(ws_endpoint.server, "bob", resource=resource("tcp"))
 
-    to_alice = f"hello alice <3 & ]]> {secrets.token_hex(4)}"
-    bob.send_chat(alice, to_alice)
-    msg = await c.wait_for(is_message(body=to_alice), timeout=10)
+    msg = await message_each_way(c, alice, bob, f"hello alice <3 & ]]> {secrets.token_hex(4)}",
+                                 f"hi bob </close> {secrets.token_hex(4)}")
     assert msg.tag == f"{{{NS_CLIENT}}}message"
-    assert msg.get("from") == str(bob.boundjid)
-    assert msg.get("to") == alice
-
-    to_bob = f"hi bob </close> {secrets.token_hex(4)}"
-    await c.send_message(str(bob.boundjid), to_bob)
-    got = await bob.next_message(timeout=10, body=to_bob)
-    assert str(got["from"]) == alice
 
     # a burst comes complete and in order, one stanza per message
     tag = secrets.token_hex(3)
@@ -129,7 +113,7 @@ async def test_client_close_is_answered_by_close_then_the_socket_closes(ws_endpo
     server closes the WebSocket; nothing comes after the <close/>."""
     c: WsClient = await ws_client(ws_endpoint.url)
     await c.open(ws_endpoint.domain)
-    await c.login("bob", USERS["bob"], resource=_resource("ws-close"))
+    await c.login("bob", USERS["bob"], resource=resource("ws-close"))
     el = await c.close(timeout=5)
     assert el.tag == CLOSE
     assert c.closed.is_set()
