@@ -32,6 +32,7 @@ import threading
 import xml.etree.ElementTree as ET
 from typing import Any, Mapping, Protocol, cast
 
+from lxml import etree as _lxml_etree
 from slixmpp.xmlstream import XMLStream
 
 from bosh.ports import NS_CLIENT, NS_STREAM, StreamParams
@@ -403,7 +404,7 @@ class BridgeStream(XMLStream):
                             self.xml_root.clear()  # keep the root from growing
                         if self._stop_reading or self._ended():
                             break
-        except ET.ParseError as exc:
+        except _lxml_etree.XMLSyntaxError as exc:
             # Never log the data: it may be a SASL exchange.
             end_reason = f"malformed XML from server: {exc.code}"
         finally:
@@ -572,8 +573,19 @@ class BridgeStream(XMLStream):
         self._write(STREAM_FOOTER)
 
     def init_parser(self) -> None:
-        """A fresh parser (connect, after TLS, restart): the byte count starts again too."""
-        super().init_parser()
+        """A fresh parser (connect, after TLS, restart); the byte count starts again too.
+
+        lxml's pull parser instead of slixmpp's ``xml.etree`` one: the elements have the same
+        API, but libxml2 interns names in one dictionary per thread where expat and
+        ElementTree keep tables and a name cache per parser: 11.5 against 18.3 KiB per
+        stream after a login (docs/performance.md). No entities resolved, no DTD or network
+        loads; comments and processing instructions (RFC 6120 §11.1 forbids them) dropped.
+        """
+        self.xml_depth = 0
+        self.xml_root = None
+        self.parser = _lxml_etree.XMLPullParser(
+            events=("start", "end"), resolve_entities=False, no_network=True,
+            remove_comments=True, remove_pis=True, load_dtd=False)
         self._unfinished = 0
 
     def _refuse_oversized(self) -> None:

@@ -453,7 +453,8 @@ async def test_server_version_below_1_0_is_pre_xmpp_1_0_at_once(
     upstream = XmppUpstreamFactory(plain_config(server, connect_timeout=30.0)).open(params, listener)
     conn = await server.accept()
     assert header_attrs(await conn.expect(HEADER_RE))["version"] == "0.9"
-    conn.send(SERVER_HEADER.format(id="old").replace("version='1.0'", f"version='{version}'"))
+    # The stream's version only (trailing space), not the XML declaration's.
+    conn.send(SERVER_HEADER.format(id="old").replace("version='1.0' ", f"version='{version}' "))
     info, features = await listener.wait_ready()
     assert (info.id, info.version, features) == ("old", version, b"")
     assert time.monotonic() - started < WAIT
@@ -469,7 +470,7 @@ async def test_server_version_below_1_0_refused_at_once_when_tls_required(
         StreamParams(to="localhost", version="0.9"), listener)
     conn = await server.accept()
     await conn.expect(HEADER_RE)
-    conn.send(SERVER_HEADER.format(id="old").replace("version='1.0'", f"version='{version}'"))
+    conn.send(SERVER_HEADER.format(id="old").replace("version='1.0' ", f"version='{version}' "))
     assert await listener.wait_closed() == (Condition.REMOTE_CONNECTION_FAILED, None)
 
 
@@ -480,7 +481,7 @@ async def test_server_version_1_0_or_later_waits_for_features(
     upstream = XmppUpstreamFactory(plain_config(server)).open(PARAMS, listener)
     conn = await server.accept()
     await conn.expect(HEADER_RE)
-    conn.send(SERVER_HEADER.format(id="new").replace("version='1.0'", f"version='{version}'"))
+    conn.send(SERVER_HEADER.format(id="new").replace("version='1.0' ", f"version='{version}' "))
     conn.send(FEATURES_SASL)
     info, features = await listener.wait_ready()
     # Pre-1.0 handling would have reported ready on the header, with no features.
