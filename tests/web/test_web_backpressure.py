@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
@@ -40,7 +40,8 @@ def sent_ids(up: FakeUpstream) -> list[int]:
 
 # -- BOSH, at the driver: no sockets, so "not yet" is checked after many loop turns ----------
 
-async def test_bosh_payload_waits_while_the_server_does_not_read_then_goes_through() -> None:
+async def paused_bosh_request() -> tuple[Hub, FakeUpstream, SessionDriver, "asyncio.Future[Any]"]:
+    """A live BOSH session whose server stopped reading, and a request with payload sent."""
     fake = FakeUpstreamFactory()
     hub = Hub(["example.com"], 10, fake)
     manager = Manager(TEST_LIMITS, hub)
@@ -50,10 +51,14 @@ async def test_bosh_payload_waits_while_the_server_does_not_read_then_goes_throu
     sid = sid_of((await within(create)).body)
     driver = hub.registry.get(sid)
     assert isinstance(driver, SessionDriver)
-
     driver.upstream_writable(False)
     blocked = asyncio.ensure_future(manager.handle(
         req_body(sid, 1001, message(1)), never_closing, "192.0.2.1"))
+    return hub, up, driver, blocked
+
+
+async def test_bosh_payload_waits_while_the_server_does_not_read_then_goes_through() -> None:
+    hub, up, driver, blocked = await paused_bosh_request()
     for _ in range(50):  # plenty of loop turns: in-process, nothing else to wait for
         await asyncio.sleep(0)
     assert not blocked.done() and sent_ids(up) == []
@@ -66,18 +71,7 @@ async def test_bosh_payload_waits_while_the_server_does_not_read_then_goes_throu
 
 
 async def test_a_session_that_ends_while_paused_releases_its_waiting_request() -> None:
-    fake = FakeUpstreamFactory()
-    hub = Hub(["example.com"], 10, fake)
-    manager = Manager(TEST_LIMITS, hub)
-    create = asyncio.ensure_future(manager.handle(create_body(), never_closing, "192.0.2.1"))
-    up = await fake.next_open(1)
-    up.ready()
-    sid = sid_of((await within(create)).body)
-    driver = hub.registry.get(sid)
-    assert isinstance(driver, SessionDriver)
-    driver.upstream_writable(False)
-    blocked = asyncio.ensure_future(manager.handle(
-        req_body(sid, 1001, message(1)), never_closing, "192.0.2.1"))
+    hub, up, _, blocked = await paused_bosh_request()
     await asyncio.sleep(0)
     up.lose()  # the server goes away instead of catching up
     reply = await within(blocked)
