@@ -88,9 +88,9 @@ class UpstreamConfig:
         default=60.0, metadata=_meta("seconds between whitespace keepalives upstream; 0 = off", 0, 3600))
     max_stanza_bytes: int = field(default=1_048_576, metadata=_meta(
         "bytes one element from the server may take; past it the session ends "
-        "(policy-violation upstream)", 1024, 1 << 30))
+        "(policy-violation upstream)", 1024, 10_000_000))
     max_stanza_depth: int = field(default=64, metadata=_meta(
-        "how deep the server's elements may nest; past it the session ends", 4, 512))
+        "how deep the server's elements may nest; past it the session ends", 4, 255))
     proxy_protocol: str = field(default="off", metadata=_meta(
         "send HAProxy's PROXY protocol header (v1 text, v2 binary) with the client's address "
         "first on each upstream connection; the server must expect it", choices=("off", "v1", "v2")))

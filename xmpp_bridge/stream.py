@@ -235,6 +235,15 @@ class _NoSendQueue:
 _NO_SEND_QUEUE = _NoSendQueue()
 
 
+def _unbound_prefix(elem: ET.Element) -> bool:
+    """A name with a prefix but no namespace: libxml2 passes ``<foo:bar/>`` and ``a:b='1'``
+    through when ``foo``/``a`` is not declared."""
+    tag = elem.tag
+    if isinstance(tag, str) and tag[0] != "{" and ":" in tag:
+        return True
+    return any(key[0] != "{" and ":" in key for key in elem.attrib)
+
+
 class _State(enum.Enum):
     CONNECTING = "connecting"          # no TCP yet
     AWAIT_FEATURES = "await-features"  # header sent, waiting for the first features
@@ -366,11 +375,23 @@ class BridgeStream(XMLStream):
         # what the open element holds, so the bound holds to within one read.
         self._unfinished += len(data)
         completed = False
+        syntax_error: str | None = None
         try:
             self.parser.feed(data)
+        except _lxml_etree.XMLSyntaxError as exc:
+            # lxml raises at once, but keeps the events parsed before the error: what the
+            # server completed first is still delivered, then the stream ends.
+            # Never log the data: it may be a SASL exchange.
+            syntax_error = f"malformed XML from server: {exc.code}"
+        try:
             for event, item in self.parser.read_events():  # type: ignore[misc]  # slixmpp types
                 xml = cast(ET.Element, item)  # only "start"/"end" events were requested
                 if event == "start":
+                    if _unbound_prefix(xml):
+                        # expat refused these; libxml2 only warns. Forwarded, no client
+                        # could parse them (Namespaces in XML §5).
+                        end_reason = "malformed XML from server: unbound namespace prefix"
+                        break
                     if self.xml_depth > self._max_stanza_depth:
                         # Nesting bound (xml_depth counts <stream:stream> itself): deep trees
                         # cost memory and the recursive serializer its stack.
@@ -405,10 +426,11 @@ class BridgeStream(XMLStream):
                         if self._stop_reading or self._ended():
                             break
         except _lxml_etree.XMLSyntaxError as exc:
-            # Never log the data: it may be a SASL exchange.
-            end_reason = f"malformed XML from server: {exc.code}"
+            syntax_error = f"malformed XML from server: {exc.code}"
         finally:
             self._batch = None
+        if end_reason is None:
+            end_reason = syntax_error
         if completed:
             self._unfinished = len(data) - 1 - data.rfind(b">")
         if end_reason is None and self._unfinished > self._max_stanza_bytes:
@@ -578,13 +600,15 @@ class BridgeStream(XMLStream):
         lxml's pull parser instead of slixmpp's ``xml.etree`` one: the elements have the same
         API, but libxml2 interns names in one dictionary per thread where expat and
         ElementTree keep tables and a name cache per parser: 11.5 against 18.3 KiB per
-        stream after a login (docs/performance.md). No entities resolved, no DTD or network
-        loads; comments and processing instructions (RFC 6120 §11.1 forbids them) dropped.
+        stream after a login (docs/performance.md). Only internal entities resolve (an
+        undefined one is an error: with none resolved, libxml2 swallows it and stalls), no
+        DTD or network loads; comments and processing instructions (RFC 6120 §11.1 forbids
+        them) dropped.
         """
         self.xml_depth = 0
         self.xml_root = None
         self.parser = _lxml_etree.XMLPullParser(
-            events=("start", "end"), resolve_entities=False, no_network=True,
+            events=("start", "end"), resolve_entities="internal", no_network=True,
             remove_comments=True, remove_pis=True, load_dtd=False)
         self._unfinished = 0
 

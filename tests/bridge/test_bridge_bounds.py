@@ -177,3 +177,30 @@ async def test_a_server_that_stops_reading_pauses_the_client_side_until_it_reads
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+# -- what the parser (lxml) must refuse or keep, as expat did ------------------------------
+
+async def test_elements_before_a_syntax_error_in_the_same_read_are_delivered_first(
+        server: FakeServer, listener: RecordingListener) -> None:
+    _, upstream, conn = await open_bounded(server, listener)
+    conn.send(message(1, "ok") + "<message><body>x</msg>")
+    condition, _ = await listener.wait_closed()
+    assert condition is Condition.REMOTE_CONNECTION_FAILED
+    assert listener.elements == [b'<message xmlns="jabber:client" id="m1"><body>ok</body></message>']
+    upstream.close()
+
+
+@pytest.mark.parametrize("bad", [
+    "<message><body>a&foo;b</body></message>",   # undefined entity: an error, not a stall
+    "<message><foo:bar/></message>",             # unbound element prefix
+    "<message a:b='1'/>",                        # unbound attribute prefix
+])
+async def test_what_expat_refused_ends_the_stream_and_nothing_of_it_is_forwarded(
+        server: FakeServer, listener: RecordingListener, bad: str) -> None:
+    _, upstream, conn = await open_bounded(server, listener)
+    conn.send(bad)
+    condition, _ = await listener.wait_closed()
+    assert condition is Condition.REMOTE_CONNECTION_FAILED
+    assert listener.elements == []
+    upstream.close()
