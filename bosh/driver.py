@@ -224,8 +224,13 @@ class SessionDriver(UpstreamLink):
             # Backpressure (issue 11): the server is not reading what this client sent
             # before. Hold this request's payload until it catches up; the client can have
             # at most hold+1 requests out (XEP-0124 §11), so at most that many bodies wait.
-            # Requests without payload are not held here: reading upstream goes on.
-            await self.until_writable()
+            # Requests without payload are not held here: reading upstream goes on. The
+            # core counts the waiting one as held, so §10 inactivity does not end the session.
+            self._call(lambda s, now: s.client_waiting(True, now))
+            try:
+                await self.until_writable()
+            finally:
+                self._call(lambda s, now: s.client_waiting(False, now))
         req, fut = self._new_request(is_closing)
         self._call(lambda s, now: s.receive(req, body, now))
         return await self._wait(req, fut)

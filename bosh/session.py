@@ -243,7 +243,7 @@ class Session:
         "_cache", "_cache_limit", "_creation_request", "_deadlines", "_doom", "_early",
         "_idle_since", "_inactivity", "_key", "_last_new", "_last_rid", "_now", "_out",
         "_parked", "_paused", "_pending", "_pending_bytes", "_slots", "_where", "sid", "state",
-        "terms", "_finishing", "_finish_deadline", "_upstream_done",
+        "terms", "_finishing", "_finish_deadline", "_upstream_done", "_waiting",
     )
 
     def __init__(self, sid: str, terms: Terms, request: Hashable, now: float) -> None:
@@ -269,6 +269,7 @@ class Session:
         self._early: list[ClientElement] = []             # from the client before upstream ready
         self._doom: tuple[Condition, bytes] | None = None
         self._idle_since: float | None = None             # None while a request is held
+        self._waiting = 0  # requests held back by the driver (backpressure): count as held
         self._inactivity = terms.inactivity               # lowered/raised by 'pause' (§10)
         self._last_new: tuple[float, bool] | None = None  # arrival, empty: for §11/§12 checks
         self._key = terms.newkey                          # §15 key sequence
@@ -488,11 +489,21 @@ class Session:
                 self._emit(Respond(parked.request, render_error()))
                 if not self._live_rids():
                     self._idle_since = now  # §10: the clock restarts with this answer
-        if self._idle_since is not None and self._creation_request is None \
+        if self._idle_since is not None and self._creation_request is None and not self._waiting \
                 and not self._parked and now >= self._idle_since + self._inactivity:
             # §10: silently end a session nobody polls any more.
             condition = self._doom[0] if self._doom else None
             self._end(condition, close_upstream=self._doom is None)
+        return self._take()
+
+    def client_waiting(self, waiting: bool, now: float) -> list[Event]:
+        """A request of this client waits outside the core (the driver holds it back while
+        the server does not read, backpressure): for §10 it counts as a held request, so
+        the session is not inactive; the clock restarts when none waits any more."""
+        self._now = now
+        self._waiting += 1 if waiting else -1
+        if not self._waiting and self._idle_since is not None:
+            self._idle_since = now
         return self._take()
 
     def finish(self, condition: Condition, now: float, grace: float) -> list[Event]:
@@ -541,7 +552,8 @@ class Session:
         candidates = [*self._deadlines.values(), *(p.deadline for p in self._parked.values())]
         if self._finishing is not None or self._upstream_done is not None:
             candidates.append(self._finish_deadline)
-        if self._idle_since is not None and self._creation_request is None and not self._parked:
+        if self._idle_since is not None and self._creation_request is None and not self._parked \
+                and not self._waiting:
             candidates.append(self._idle_since + self._inactivity)
         return min(candidates) if candidates else None
 

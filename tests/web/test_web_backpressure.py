@@ -21,7 +21,7 @@ from bosh.hub import Hub
 from bosh.ws_driver import WsEndpoint
 from bosh.ws_session import WsLimits
 from bosh.web import make_app
-from tests.driver._fakes import (PATH, TEST_LIMITS, FakeUpstream, FakeUpstreamFactory,
+from tests.driver._fakes import (PATH, TEST_LIMITS, FakeUpstream, FakeUpstreamFactory, ManualClock,
                                  create_body, never_closing, req_body, sid_of, until, within)
 
 OPEN = '<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" to="example.com" version="1.0"/>'
@@ -76,6 +76,38 @@ async def test_a_session_that_ends_while_paused_releases_its_waiting_request() -
     up.lose()  # the server goes away instead of catching up
     reply = await within(blocked)
     assert b"remote-connection-failed" in reply.body
+    await hub.shutdown()
+
+
+async def test_a_long_stall_does_not_end_the_bosh_session_for_inactivity() -> None:
+    """§10: the request waiting for the server counts as held. The held poll is answered
+    after 'wait' (1 s); 40 s later (inactivity is 30 s) the session is alive and the payload
+    goes through once the server reads again."""
+    clock = ManualClock(now=0.0)
+    fake = FakeUpstreamFactory()
+    hub = Hub(["example.com"], 10, fake, clock=clock)
+    manager = Manager(TEST_LIMITS, hub)
+    create = asyncio.ensure_future(manager.handle(create_body(), never_closing, "192.0.2.1"))
+    up = await fake.next_open(1)
+    up.ready()
+    sid = sid_of((await within(create)).body)
+    driver = hub.registry.get(sid)
+    assert isinstance(driver, SessionDriver)
+    poll = asyncio.ensure_future(manager.handle(req_body(sid, 1001), never_closing, "192.0.2.1"))
+    await until(lambda: manager.held_count() == 1)
+    driver.upstream_writable(False)
+    blocked = asyncio.ensure_future(manager.handle(
+        req_body(sid, 1002, message(1)), never_closing, "192.0.2.1"))
+    await until(lambda: driver.session is not None and driver.session._waiting == 1)
+    clock.advance(1.0)
+    assert b"terminate" not in (await within(poll)).body  # the poll's 'wait' ran out
+    for _ in range(40):
+        clock.advance(1.0)
+    assert hub.registry.get(sid) is driver and not blocked.done()
+    driver.upstream_writable(True)
+    await until(lambda: sent_ids(up) == [1])
+    clock.advance(1.0)
+    assert b"terminate" not in (await within(blocked)).body
     await hub.shutdown()
 
 
