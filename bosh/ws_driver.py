@@ -132,6 +132,14 @@ class WsDriver(UpstreamLink):
     def lost(self) -> None:
         self.call(lambda s, now: s.connection_lost(now))
 
+    def upstream_writable(self, writable: bool) -> None:
+        """Backpressure (bosh.hub.UpstreamLink): ws_web stops reading this client's frames
+        while the server does not read; the core must not take the missing pongs for a lost
+        client meanwhile."""
+        super().upstream_writable(writable)
+        unread = self._unwritable is not None
+        self.call(lambda s, now: s.client_unread(unread, now))
+
     def drained(self) -> None:
         """The socket sent everything it had queued: read upstream again."""
         if self._paused and self.upstream is not None:

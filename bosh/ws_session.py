@@ -174,7 +174,7 @@ class WsSession:
         naming it (RFC 7395 §3.6.1: the operator drains this node).
     """
 
-    __slots__ = ("sid", "domains", "limits", "see_other_uri", "state", "domain", "lang", "resumable", "end_condition", "_early", "_pings_out", "_deadline")
+    __slots__ = ("sid", "domains", "limits", "see_other_uri", "state", "domain", "lang", "resumable", "end_condition", "_early", "_pings_out", "_deadline", "_unread")
 
     def __init__(self, sid: str, domains: frozenset[str], limits: WsLimits, now: float,
                  see_other_uri: str = "") -> None:
@@ -190,6 +190,7 @@ class WsSession:
         self.end_condition: StreamCondition | None = None
         self._early: list[ClientElement] = []
         self._pings_out = 0
+        self._unread = False  # the client's frames (its pongs too) are not read: backpressure
         self._deadline: float | None = now + limits.open_timeout
 
     # -- time -------------------------------------------------------------------------
@@ -204,6 +205,11 @@ class WsSession:
             return self._fail(StreamCondition.CONNECTION_TIMEOUT)  # RFC 6120 §4.9.3.4
         if self.limits.ping_interval <= 0:
             self._deadline = None
+            return []
+        if self._unread:
+            # We are not reading the client (the server does not read what it sent), so its
+            # pongs cannot arrive: no verdict on the client until reading resumes.
+            self._deadline = now + self.limits.ping_interval
             return []
         if self._pings_out >= self.limits.missed_pongs:
             # The peer is gone without a TCP reset (a phone in a tunnel): as if the socket
@@ -266,6 +272,13 @@ class WsSession:
         return self._fail(StreamCondition.POLICY_VIOLATION)
 
     def receive_pong(self, now: float) -> list[WsEvent]:
+        self._pings_out = 0
+        return []
+
+    def client_unread(self, unread: bool, now: float) -> list[WsEvent]:
+        """The adapter stops (True) or resumes (False) reading the client's frames while the
+        server does not keep up (backpressure); pings unanswered meanwhile do not count."""
+        self._unread = unread
         self._pings_out = 0
         return []
 

@@ -302,6 +302,21 @@ def test_pings_every_interval_and_two_missed_pongs_count_as_a_lost_socket() -> N
     assert s.state is WsState.ENDED and s.next_deadline() is None
 
 
+def test_while_the_client_is_not_read_missing_pongs_do_not_count() -> None:
+    """Backpressure: the adapter reads no frames (pongs included) while the server does not
+    read; minutes of that are no lost client. Once reading resumes the count starts afresh."""
+    s = opened(now=100.0)
+    assert s.handle_timer(130.1) == [SendPing()]       # one out, not answered yet
+    assert s.client_unread(True, 131.0) == []
+    for t in (160.1, 190.1, 220.1, 250.1):
+        assert s.handle_timer(t) == []
+    assert s.state is WsState.OPEN
+    s.client_unread(False, 251.0)
+    assert s.handle_timer(280.1) == [SendPing()]
+    assert s.handle_timer(310.1) == [SendPing()]       # one missed
+    assert of(s.handle_timer(340.1), CloseSocket)      # two missed: gone, as before
+
+
 def test_ping_interval_zero_sends_no_pings() -> None:
     s = WsSession("sid", frozenset({"example.com"}), WsLimits(ping_interval=0), 1.0)
     s.receive_text(OPEN, 1.0)
