@@ -40,17 +40,23 @@ def sent_ids(up: FakeUpstream) -> list[int]:
 
 # -- BOSH, at the driver: no sockets, so "not yet" is checked after many loop turns ----------
 
-async def paused_bosh_request() -> tuple[Hub, FakeUpstream, SessionDriver, "asyncio.Future[Any]"]:
-    """A live BOSH session whose server stopped reading, and a request with payload sent."""
+async def bosh_session(**hub_options: Any) -> tuple[Hub, Manager, FakeUpstream, SessionDriver]:
+    """A live BOSH session on a fake upstream that is ready."""
     fake = FakeUpstreamFactory()
-    hub = Hub(["example.com"], 10, fake)
+    hub = Hub(["example.com"], 10, fake, **hub_options)
     manager = Manager(TEST_LIMITS, hub)
     create = asyncio.ensure_future(manager.handle(create_body(), never_closing, "192.0.2.1"))
     up = await fake.next_open(1)
     up.ready()
-    sid = sid_of((await within(create)).body)
-    driver = hub.registry.get(sid)
+    driver = hub.registry.get(sid_of((await within(create)).body))
     assert isinstance(driver, SessionDriver)
+    return hub, manager, up, driver
+
+
+async def paused_bosh_request() -> tuple[Hub, FakeUpstream, SessionDriver, "asyncio.Future[Any]"]:
+    """A live BOSH session whose server stopped reading, and a request with payload sent."""
+    hub, manager, up, driver = await bosh_session()
+    sid = driver.sid
     driver.upstream_writable(False)
     blocked = asyncio.ensure_future(manager.handle(
         req_body(sid, 1001, message(1)), never_closing, "192.0.2.1"))
@@ -84,15 +90,8 @@ async def test_a_long_stall_does_not_end_the_bosh_session_for_inactivity() -> No
     after 'wait' (1 s); 40 s later (inactivity is 30 s) the session is alive and the payload
     goes through once the server reads again."""
     clock = ManualClock(now=0.0)
-    fake = FakeUpstreamFactory()
-    hub = Hub(["example.com"], 10, fake, clock=clock)
-    manager = Manager(TEST_LIMITS, hub)
-    create = asyncio.ensure_future(manager.handle(create_body(), never_closing, "192.0.2.1"))
-    up = await fake.next_open(1)
-    up.ready()
-    sid = sid_of((await within(create)).body)
-    driver = hub.registry.get(sid)
-    assert isinstance(driver, SessionDriver)
+    hub, manager, up, driver = await bosh_session(clock=clock)
+    sid = driver.sid
     poll = asyncio.ensure_future(manager.handle(req_body(sid, 1001), never_closing, "192.0.2.1"))
     await until(lambda: manager.held_count() == 1)
     driver.upstream_writable(False)
