@@ -220,7 +220,7 @@ class SessionDriver(UpstreamLink):
         return await self._wait(req, fut)
 
     async def request(self, body: wire.Body, is_closing: IsClosing) -> Reply:
-        if body.payload and self._unwritable is not None:
+        if body.payload and self.upstream_blocked:
             # Backpressure (issue 11): the server is not reading what this client sent
             # before. Hold this request's payload until it catches up; the client can have
             # at most hold+1 requests out (XEP-0124 §11), so at most that many bodies wait.

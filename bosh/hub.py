@@ -231,8 +231,8 @@ class UpstreamLink:
             self._cancel_timer()
             return
         self._timer_at = deadline
-        if self._timer is not None and self._timer_fires is not None and self._timer_fires <= deadline:
-            return
+        if self._timer_fires is not None and self._timer_fires <= deadline:
+            return  # armed (``_timer_fires`` is set exactly while a timer is)
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._clock.call_at(deadline, self._fire)
@@ -319,6 +319,11 @@ class UpstreamLink:
                          "client data waits (%s)", self.sid, self.transport)
         else:
             self._release_writers()
+
+    @property
+    def upstream_blocked(self) -> bool:
+        """The server does not keep up with this client: take no more of its data."""
+        return self._unwritable is not None
 
     async def until_writable(self) -> None:
         """Return once the server keeps up again (at once when it does, or when the upstream

@@ -137,7 +137,7 @@ class WsDriver(UpstreamLink):
         while the server does not read; the core must not take the missing pongs for a lost
         client meanwhile."""
         super().upstream_writable(writable)
-        unread = self._unwritable is not None
+        unread = self.upstream_blocked
         self.call(lambda s, now: s.client_unread(unread, now))
 
     def drained(self) -> None:

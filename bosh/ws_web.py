@@ -227,7 +227,8 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
             # Backpressure (issue 11): while the server does not read what this client sent,
             # read no more frames; aiohttp then stops reading the socket (its queue limit),
             # so the client's further data waits in TCP, not in our memory.
-            await driver.until_writable()
+            if driver.upstream_blocked:  # a check, not a coroutine per frame
+                await driver.until_writable()
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.TEXT:

@@ -379,8 +379,9 @@ class BridgeStream(XMLStream):
         try:
             self.parser.feed(data)
         except _lxml_etree.XMLSyntaxError as exc:
-            # lxml raises at once, but keeps the events parsed before the error: what the
-            # server completed first is still delivered, then the stream ends.
+            # lxml raises here, in feed() (read_events() never does), but keeps the events
+            # parsed before the error: what the server completed first is still delivered,
+            # then the stream ends.
             # Never log the data: it may be a SASL exchange.
             syntax_error = f"malformed XML from server: {exc.code}"
         try:
@@ -425,8 +426,6 @@ class BridgeStream(XMLStream):
                             self.xml_root.clear()  # keep the root from growing
                         if self._stop_reading or self._ended():
                             break
-        except _lxml_etree.XMLSyntaxError as exc:
-            syntax_error = f"malformed XML from server: {exc.code}"
         finally:
             self._batch = None
         if end_reason is None:

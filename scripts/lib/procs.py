@@ -26,19 +26,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from bosh.cluster import free_port  # the product's own (scripts may import bosh, not back)
+
 __all__ = ["free_port", "free_ports", "port_open", "python_env", "spawn", "size_of",
            "read_since", "wait_started", "stop_process", "kill_process", "Managed"]
 
 T = TypeVar("T")
 M = TypeVar("M", bound="Managed")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
